@@ -1,0 +1,57 @@
+"""Generation speed and memory on this machine: seconds per 5-s clip, audio s per wall s.
+
+    python bench/bench_generate.py [--model DIR] [--repeats 7] [--steps 20]
+
+Each measurement runs in a fresh process so peak RSS is the generation's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, statistics, sys, time
+import torch
+torch.set_num_threads(2)
+from model.pipeline import CrowdtunePipeline
+from model.train import make_builtin_pipeline
+model, repeats, steps, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+pipe = CrowdtunePipeline.from_pretrained(model) if model != "untrained" else make_builtin_pipeline()
+pipe(num_inference_steps=steps, seconds=seconds)  # warm-up
+times = []
+for i in range(repeats):
+    t = time.perf_counter()
+    gen = torch.Generator().manual_seed(i)
+    out = pipe(num_inference_steps=steps, seconds=seconds, generator=gen)
+    times.append(time.perf_counter() - t)
+audio_s = len(out.audios[0]) / out.sample_rate
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "median_s": statistics.median(times), "min_s": min(times),
+                  "audio_s": audio_s, "peak_rss_mb": rss}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="data/models/base")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    if a.model != "untrained" and not Path(a.model, "model_index.json").is_file():
+        sys.exit(f"no model at {a.model}: run `crowdtune pretrain` (or pass --model untrained)")
+    print(f"model {a.model}, {a.steps} sampler steps, {a.repeats} runs each, 2 torch threads")
+    print(f"{'clip':>8} {'median s':>9} {'min s':>7} {'audio s/wall s':>15} {'peak RSS MB':>12}")
+    for seconds in (5.0, 20.0):
+        res = subprocess.run([sys.executable, "-c", CHILD, a.model, str(a.repeats), str(a.steps),
+                              str(seconds)], capture_output=True, text=True, check=True)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"{r['seconds']:>7.0f}s {r['median_s']:>9.3f} {r['min_s']:>7.3f} "
+              f"{r['audio_s'] / r['median_s']:>15.1f} {r['peak_rss_mb']:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

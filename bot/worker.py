@@ -1,0 +1,90 @@
+"""Model work off the event loop: a worker process that keeps loaded pipelines warm.
+
+Generation takes seconds of CPU; in the bot's process it would stall the gateway heartbeat.
+The worker is a single spawned process (torch and fork don't mix), so loaded pipelines are
+cached there between calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_pipelines: dict[tuple[str, float], object] = {}
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    model_dir: str
+    seeds: tuple[int, ...]  # one track per seed, each reproducible on its own
+    seconds: float
+    steps: int
+    seed_audio: tuple[str, ...] = ()  # WAV paths for upload-seeded generation
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _load(model_dir: str):
+    from model.pipeline import CrowdtunePipeline
+
+    # Version folders never change; the mtime guards a base that was re-pretrained.
+    key = (model_dir, (Path(model_dir) / "model_index.json").stat().st_mtime)
+    if key not in _pipelines:
+        _pipelines.clear()
+        _pipelines[key] = CrowdtunePipeline.from_pretrained(model_dir)
+    return _pipelines[key]
+
+
+def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int]:
+    """Generate the job's tracks (runs in the worker, or inline in tests and the CLI)."""
+    import torch
+    from pydub import AudioSegment
+
+    pipe = _load(job.model_dir)
+    seed_latents = None
+    if job.seed_audio:
+        sr = pipe.mel.config.sample_rate
+        lats = []
+        for path in job.seed_audio:
+            seg = AudioSegment.from_file(path).set_channels(1).set_frame_rate(sr)
+            wav = np.array(seg.get_array_of_samples(), dtype=np.float32) / 32768.0
+            lats.append(pipe.invert(wav, steps=job.steps, max_windows=2))
+        seed_latents = torch.cat(lats)
+    audios = []
+    for seed in job.seeds:
+        out = pipe(num_inference_steps=job.steps, seconds=job.seconds,
+                   generator=torch.Generator().manual_seed(seed), seed_latents=seed_latents)
+        audios.append(out.audios[0])
+    return audios, pipe.mel.config.sample_rate
+
+
+class GenerationWorker:
+    def __init__(self, threads: int = 2) -> None:
+        self.threads = threads
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.threads,),
+            )
+        return self._pool
+
+    async def run(self, job: GenerationJob) -> tuple[list[np.ndarray], int]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor(), run_job, job)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

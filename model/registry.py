@@ -1,0 +1,211 @@
+"""Per-guild model lineages on disk, with hashed versions and an atomic active pointer.
+
+Layout under the registry root:
+
+    base/                       the shared base pipeline (pretrained or imported)
+    guilds/<guild>/v0001/       one folder per version: pipeline files + version.json
+    guilds/<guild>/ACTIVE       the active version's name, replaced atomically
+
+A version folder is written under a temporary name and renamed into place, so a crash never
+leaves a half-written version; `version.json` records its parent, creation time and the
+sha256 of every file, which is checked before a version is promoted or loaded. Promotion and
+rollback rewrite ACTIVE with os.replace: readers see the old or the new version, never
+neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+META = "version.json"
+
+
+class RegistryError(Exception):
+    """A one-line reason a registry operation cannot be done."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    guild: str
+    version: str
+    parent: str | None
+    created_at: float
+    files: dict[str, str]  # relative path -> sha256
+    source: str  # "base" or "finetune"
+    note: str = ""
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return int(self.version.lstrip("v"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_folder(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != META
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.root / "base"
+
+    def has_base(self) -> bool:
+        return (self.base_dir / "model_index.json").is_file()
+
+    def guild_dir(self, guild: str | int) -> Path:
+        return self.root / "guilds" / str(guild)
+
+    def version_dir(self, guild: str | int, version: str) -> Path:
+        return self.guild_dir(guild) / version
+
+    # --- reading --------------------------------------------------------------------------
+
+    def versions(self, guild: str | int) -> list[VersionInfo]:
+        gdir = self.guild_dir(guild)
+        if not gdir.is_dir():
+            return []
+        out = []
+        for d in sorted(gdir.glob("v[0-9]*")):
+            meta = d / META
+            if meta.is_file():
+                out.append(VersionInfo(**json.loads(meta.read_text())))
+        return out
+
+    def info(self, guild: str | int, version: str) -> VersionInfo:
+        meta = self.version_dir(guild, version) / META
+        if not meta.is_file():
+            raise RegistryError(f"guild {guild} has no model version {version}")
+        return VersionInfo(**json.loads(meta.read_text()))
+
+    def active_name(self, guild: str | int) -> str | None:
+        pointer = self.guild_dir(guild) / "ACTIVE"
+        return pointer.read_text().strip() if pointer.is_file() else None
+
+    def verify(self, guild: str | int, version: str) -> str | None:
+        """None when every file matches its recorded hash, else a one-line problem."""
+        try:
+            info = self.info(guild, version)
+        except (RegistryError, json.JSONDecodeError, TypeError) as exc:
+            return str(exc)
+        folder = self.version_dir(guild, version)
+        for rel, digest in info.files.items():
+            path = folder / rel
+            if not path.is_file():
+                return f"{version}: {rel} is missing"
+            if sha256_file(path) != digest:
+                return f"{version}: {rel} does not match its sha256 (corrupt)"
+        return None
+
+    def resolve_active(self, guild: str | int) -> VersionInfo:
+        """The active version if intact, else its nearest intact ancestor (reported)."""
+        name = self.active_name(guild)
+        if name is None:
+            raise RegistryError(f"guild {guild} has no model yet")
+        seen = set()
+        while name is not None and name not in seen:
+            seen.add(name)
+            problem = self.verify(guild, name)
+            if problem is None:
+                return self.info(guild, name)
+            log.error("guild %s: model %s", guild, problem)
+            try:
+                name = self.info(guild, name).parent
+            except (RegistryError, json.JSONDecodeError, TypeError):
+                name = None
+        raise RegistryError(f"guild {guild}: no intact model version left")
+
+    # --- writing --------------------------------------------------------------------------
+
+    def _next_version(self, guild: str | int) -> str:
+        existing = [v.number for v in self.versions(guild)]
+        return f"v{(max(existing) + 1 if existing else 1):04d}"
+
+    def add_version(
+        self, guild: str | int, source_dir: Path, parent: str | None, source: str,
+        note: str = "", metrics: dict | None = None,
+    ) -> VersionInfo:
+        """Copy a saved pipeline folder in as the guild's next version (not yet active)."""
+        gdir = self.guild_dir(guild)
+        gdir.mkdir(parents=True, exist_ok=True)
+        version = self._next_version(guild)
+        tmp = Path(tempfile.mkdtemp(dir=gdir, prefix=f".{version}."))
+        try:
+            shutil.copytree(source_dir, tmp, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(META, "*.tmp"))
+            info = VersionInfo(
+                guild=str(guild), version=version, parent=parent, created_at=time.time(),
+                files=hash_folder(tmp), source=source, note=note, metrics=metrics or {},
+            )
+            (tmp / META).write_text(json.dumps(asdict(info), indent=2))
+            os.rename(tmp, gdir / version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("guild %s: added model %s (parent %s)", guild, version, parent)
+        return info
+
+    def ensure_guild(self, guild: str | int) -> VersionInfo:
+        """The guild's active version, creating v0001 from the base on first use."""
+        if self.active_name(guild) is not None:
+            return self.resolve_active(guild)
+        if not self.has_base():
+            raise RegistryError("no base model yet: run `crowdtune pretrain` first")
+        info = self.add_version(guild, self.base_dir, parent=None, source="base",
+                                note="starts from the shared base")
+        self.promote(guild, info.version)
+        return info
+
+    def promote(self, guild: str | int, version: str) -> None:
+        problem = self.verify(guild, version)
+        if problem is not None:
+            raise RegistryError(f"cannot promote {problem}")
+        _write_atomic(self.guild_dir(guild) / "ACTIVE", version + "\n")
+        log.info("guild %s: %s is now active", guild, version)
+
+    def rollback(self, guild: str | int, to: str | None = None) -> VersionInfo:
+        """Make `to` (default: the active version's parent) the active version."""
+        current = self.active_name(guild)
+        if current is None:
+            raise RegistryError(f"guild {guild} has no model yet")
+        target = to or self.info(guild, current).parent
+        if target is None:
+            raise RegistryError(f"{current} is the first version of guild {guild}; "
+                                "there is nothing to roll back to")
+        if target == current:
+            raise RegistryError(f"{current} is already active")
+        self.promote(guild, target)
+        return self.info(guild, target)

@@ -1,0 +1,104 @@
+import json
+import sqlite3
+import subprocess
+
+import pytest
+
+from bot.cli import main
+from tests.helpers import make_base
+
+
+def crowdtune(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(exc.value.code), out, err
+
+
+def probe_seconds(path: str) -> float:
+    res = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                          "-of", "csv=p=0", path], capture_output=True, text=True, check=True)
+    return float(res.stdout)
+
+
+@pytest.fixture()
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no stray .env or ./data from the developer's checkout
+    make_base(tmp_path / "data" / "models")
+    return tmp_path / "data"
+
+
+@pytest.mark.slow
+def test_generate_records_and_writes_decodable_tracks(capsys, data_dir, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = crowdtune(capsys, "generate", "--guild", "g1", "-n", "2", "--out",
+                               str(out_dir), "--json", "--seed", "5", "--seconds", "2", "--wav")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["seed"] for r in rows] == [5, 6]
+    assert {r["model_version"] for r in rows} == {"v0001"}
+    assert set(rows[0]) >= {"track_id", "path", "model_version", "duration_s", "seed"}
+    for r in rows:
+        assert r["path"].endswith(".ogg")
+        assert abs(probe_seconds(r["path"]) - 2.0) < 0.05
+        assert r["duration_s"] == 2.0
+    db = sqlite3.connect(data_dir / "crowdtune.sqlite3")
+    stored = db.execute("SELECT id, guild_id, model_version, origin, file, seed FROM tracks "
+                        "ORDER BY id").fetchall()
+    assert stored == [(r["track_id"], "g1", "v0001", "generated", r["path"], r["seed"])
+                      for r in rows]
+    # Same seed in another guild (same base) gives the same audio.
+    code, out, _ = crowdtune(capsys, "generate", "--guild", "g2", "--out", str(tmp_path / "o2"),
+                             "--json", "--seed", "5", "--seconds", "2", "--wav")
+    again = json.loads(out)
+    wav = lambda p: open(p.replace(".ogg", ".wav"), "rb").read()  # noqa: E731
+    assert wav(again["path"]) == wav(rows[0]["path"])
+    assert wav(rows[0]["path"]) != wav(rows[1]["path"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["generate", "--guild", "../x", "--out", "o"], "invalid guild"),
+    (["generate", "--guild", "g", "-n", "0", "--out", "o"], "from 1 to 100"),
+    (["generate", "--guild", "g", "-n", "lots", "--out", "o"], "from 1 to 100"),
+    (["generate", "--guild", "g"], "required: --out"),
+    (["generate", "--guild", "g", "--out", "o", "--seconds", "0.1"], "between 1 and 300"),
+    (["model", "list", "--guild", "nobody"], "no model versions yet"),
+    (["model", "rollback", "--guild", "nobody"], "has no model yet"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, data_dir, args, message):
+    code, out, err = crowdtune(capsys, *args)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_missing_base_and_bad_settings(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = crowdtune(capsys, "generate", "--guild", "g", "--out", "o")
+    assert code == 2 and "run `crowdtune pretrain` first" in err
+    (tmp_path / "file").write_text("x")
+    make_base(tmp_path / "data" / "models")
+    code, _, err = crowdtune(capsys, "generate", "--guild", "g", "--out", "file")
+    assert code == 2 and "not a folder" in err
+    monkeypatch.setenv("CROWDTUNE_AUDIO_FORMAT", "flac")
+    code, _, err = crowdtune(capsys, "generate", "--guild", "g", "--out", "o")
+    assert code == 2 and "bad setting audio_format" in err and len(err.splitlines()) == 1
+
+
+def test_model_list_and_rollback(capsys, data_dir):
+    from model.registry import ModelRegistry
+
+    reg = ModelRegistry(data_dir / "models")
+    reg.ensure_guild("g")
+    reg.promote("g", reg.add_version("g", reg.version_dir("g", "v0001"), "v0001",
+                                     "finetune").version)
+    code, out, _ = crowdtune(capsys, "model", "list", "--guild", "g", "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["version"], r["active"]) for r in rows] == [("v0001", False), ("v0002", True)]
+    code, _, err = crowdtune(capsys, "model", "rollback", "--guild", "g")
+    assert code == 0 and "v0001 is active again" in err
+    assert reg.active_name("g") == "v0001"
+    code, _, err = crowdtune(capsys, "model", "rollback", "--guild", "g")
+    assert code == 2 and "nothing to roll back to" in err

@@ -1,0 +1,151 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+from model.pipeline import (
+    CheckpointError,
+    CrowdtunePipeline,
+    crossfade,
+    patchify,
+    slerp,
+    unpatchify,
+)
+from model.train import TrainConfig, train_denoiser
+from tests.helpers import TINY_MEL, tiny_pipeline
+
+
+def test_patchify_round_trip():
+    x = torch.randn(2, 1, 32, 40)
+    p = patchify(x, 8, 4)
+    assert p.shape == (2, 32, 4, 10)
+    assert torch.equal(unpatchify(p, 8, 4), x)
+    # A patch holds a contiguous 8x4 block of the image.
+    assert torch.equal(p[0, :, 0, 0], x[0, 0, :8, :4].flatten())
+
+
+def test_slerp_keeps_norm_and_endpoints():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1000, generator=g), torch.randn(1000, generator=g)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5)
+    assert torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    mid = slerp(a, b, 0.5)
+    assert abs(mid.norm() - a.norm()) / a.norm() < 0.05
+    assert ((a + b) / 2).norm() < 0.8 * a.norm()  # what linear mixing would lose
+
+
+def test_crossfade_length_and_continuity():
+    w = [np.ones(100, np.float32), np.ones(100, np.float32)]
+    out = crossfade(w, 20)
+    assert len(out) == 180
+    assert np.all(out > 0.99) and np.all(out < 1.42)  # equal-power: sin+cos peaks at sqrt 2
+
+
+def test_same_seed_same_audio_after_save_and_load(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "p")
+    loaded = CrowdtunePipeline.from_pretrained(tmp_path / "p")
+    a = pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(7)).audios[0]
+    b = loaded(num_inference_steps=4, generator=torch.Generator().manual_seed(7)).audios[0]
+    c = loaded(num_inference_steps=4, generator=torch.Generator().manual_seed(8)).audios[0]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert len(a) == TINY_MEL.window_samples
+
+
+def test_long_tracks_are_windows_crossfaded():
+    pipe = tiny_pipeline()
+    out = pipe(batch_size=2, num_inference_steps=3, seconds=2.0)
+    assert [len(a) for a in out.audios] == [32000, 32000]
+    # 0.5 s windows with 0.125 s crossfades: ceil((2.0 - 0.125) / 0.375) = 5 windows.
+    assert pipe.n_windows(2.0) == 5
+    assert not np.array_equal(out.audios[0], out.audios[1])
+
+
+def _chirps(n: int) -> np.ndarray:
+    t = np.arange(TINY_MEL.window_samples * 2) / TINY_MEL.sample_rate
+    return np.stack([0.5 * np.sin(2 * np.pi * (300 + 200 * i) * t * (1 + t)) for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny pipeline trained briefly on a few chirps, and its loss curve."""
+    pipe = tiny_pipeline()
+    images = pipe.mel.encode_windows(torch.from_numpy(_chirps(4).reshape(-1)).float())
+    losses = train_denoiser(pipe, images, TrainConfig(steps=200, batch_size=8, lr=2e-3,
+                                                      warmup=5))
+    return pipe, losses
+
+
+def test_training_lowers_the_loss_and_keeps_ema_weights(trained):
+    pipe, losses = trained
+    assert np.mean(losses[-20:]) < 0.9 * np.mean(losses[:20])  # measured ~0.77
+    assert not pipe.unet.training
+
+
+def test_ddim_inversion_round_trips_and_seeds_generation(trained):
+    pipe, _ = trained
+    audio = _chirps(2)[1].astype(np.float32)
+    lat = pipe.invert(audio, steps=20, max_windows=2)
+    assert lat.shape == (2, *pipe.latent_shape())
+    # Denoising the inversion deterministically lands much nearer the song than denoising
+    # fresh noise does.
+    clean = pipe.images_to_latents(pipe.mel.encode_windows(torch.from_numpy(audio))[:2])
+    rebuilt = pipe.denoise(lat, 20, deterministic=True)
+    other = pipe.denoise(torch.randn(lat.shape, generator=torch.Generator().manual_seed(0)),
+                         20, deterministic=True)
+    assert (rebuilt - clean).abs().mean() < 0.5 * (other - clean).abs().mean()
+    out = pipe(batch_size=2, num_inference_steps=5, seconds=1.0, seed_latents=lat)
+    assert len(out.audios) == 2 and all(np.isfinite(a).all() for a in out.audios)
+
+
+def _audio_diffusion_checkpoint(folder, vae: bool) -> None:
+    """A tiny random-weight checkpoint in diffusers' AudioDiffusionPipeline layout."""
+    torch.manual_seed(0)
+    latent = (16, 16) if vae else (32, 32)
+    UNet2DModel(sample_size=latent, in_channels=1, out_channels=1, layers_per_block=1,
+                block_out_channels=(16, 32), norm_num_groups=8,
+                down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D")).save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
+    (folder / "mel").mkdir()
+    (folder / "mel" / "mel_config.json").write_text(json.dumps({
+        "_class_name": "Mel", "x_res": 32, "y_res": 32, "sample_rate": 22050,
+        "n_fft": 2048, "hop_length": 512, "top_db": 80, "n_iter": 4}))
+    index = {"_class_name": "AudioDiffusionPipeline", "_diffusers_version": "0.12.0",
+             "mel": ["diffusers", "Mel"], "scheduler": ["diffusers", "DDPMScheduler"],
+             "unet": ["diffusers", "UNet2DModel"], "vqvae": [None, None]}
+    if vae:
+        AutoencoderKL(in_channels=1, out_channels=1, latent_channels=1, norm_num_groups=8,
+                      block_out_channels=(8, 16),
+                      down_block_types=("DownEncoderBlock2D",) * 2,
+                      up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(folder / "vqvae")
+        index["vqvae"] = ["diffusers", "AutoencoderKL"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("vae", [False, True])
+def test_loads_audio_diffusion_format_checkpoints(tmp_path, vae):
+    _audio_diffusion_checkpoint(tmp_path, vae)
+    pipe = CrowdtunePipeline.from_pretrained(tmp_path)
+    assert pipe.mel.config.sample_rate == 22050 and pipe.patch == (1, 1)
+    assert (pipe.vqvae is not None) == vae
+    out = pipe(num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.sample_rate == 22050 and len(out.audios[0]) == 32 * 512
+    # It saves in the same layout and reloads to the same output.
+    pipe.save_pretrained(tmp_path / "copy")
+    again = CrowdtunePipeline.from_pretrained(tmp_path / "copy")
+    out2 = again(num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(out.audios[0], out2.audios[0])
+
+
+def test_bad_checkpoints_give_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no model_index.json"):
+        CrowdtunePipeline.from_pretrained(tmp_path)
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="cannot load"):
+        CrowdtunePipeline.from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="cannot find or download"):
+        CrowdtunePipeline.from_pretrained("nobody/no-such-model-offline")
