@@ -43,6 +43,13 @@ def guild_arg(value: str) -> str:
     return value
 
 
+def member_arg(value: str) -> str:
+    if not GUILD_RE.match(value):  # same shape as guilds: a snowflake or a simple name
+        raise argparse.ArgumentTypeError(
+            f"invalid member {value!r}: use a Discord user id or letters, digits, - and _")
+    return value
+
+
 def positive_int(limit: int):
     def parse(value: str) -> int:
         try:
@@ -78,6 +85,61 @@ def build_parser() -> Parser:
     gen.add_argument("--seconds", type=float, help="track length (default 20)")
     gen.add_argument("--wav", action="store_true", help="also write WAV files")
     gen.add_argument("--json", action="store_true", help="one JSON line per track")
+
+    up = sub.add_parser("upload", help="ingest songs exactly as the bot ingests attachments",
+                        description="Check, convert and record songs as a member's uploads. "
+                        "Exit status: 0 if every file was accepted (new or already known), 2 if "
+                        "any was rejected (each reason on its own line on stderr).")
+    up.add_argument("--guild", required=True, type=guild_arg)
+    up.add_argument("--member", required=True, type=member_arg,
+                    help="the uploader: a Discord user id or a name")
+    up.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                    help="songs: mp3, ogg/opus, wav, flac or m4a, 10 s to 10 min, up to 25 MB")
+    up.add_argument("--json", action="store_true", help="one JSON line per file")
+
+    fb = sub.add_parser("feedback", help="ratings and listening time")
+    fsub = fb.add_subparsers(dest="feedback_command", required=True, parser_class=Parser)
+    fi = fsub.add_parser(
+        "import", help="record ratings/listen times from a CSV or JSONL file",
+        description="Record feedback exactly as the bot records Discord feedback. FILE is CSV "
+        "with the header track_id,member_id,stars,listened_s or JSON Lines with those keys; "
+        "stars (1-5) and listened_s (seconds) may each be left out, not both. Rows that "
+        "fail validation are listed as FILE:LINE: reason on stderr and the rest are "
+        "recorded; importing a file again changes nothing. Exit status: 0 when the file "
+        "was read, even if some rows were rejected (the summary counts them); 2 when the "
+        "file itself is unusable (missing, unreadable, neither CSV nor JSONL).")
+    fi.add_argument("file", type=Path, metavar="FILE", help="a .csv or .jsonl feedback file")
+    fi.add_argument("--json", action="store_true",
+                    help="print the summary (with the row errors) as one JSON object")
+
+    rnd = sub.add_parser("round", help="the weekly fine-tuning round")
+    rsub = rnd.add_subparsers(dest="round_command", required=True, parser_class=Parser)
+    rr = rsub.add_parser("run", help="run a guild's round now (what the scheduler calls)",
+                         description="Build the training set from the guild's feedback, "
+                         "fine-tune its champion in a child process, evaluate the candidate "
+                         "and promote it when it is better. Exit status: 0 when the round "
+                         "succeeded or was skipped for too little feedback, 1 when it failed "
+                         "(the champion stays active), 2 on bad input or a round already "
+                         "running.")
+    rr.add_argument("--guild", required=True, type=guild_arg)
+    rr.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    sim = sub.add_parser("simulate", help="offline community simulation: the paper's "
+                         "experiment, through the real services")
+    sim.add_argument("--quick", action="store_true",
+                     help="3 rounds, 48 tracks a round, 64 per arm at the end (~10 min)")
+    sim.add_argument("--ablation", action="store_true",
+                     help="run and tabulate: no fine-tuning, ratings only, listen time only, "
+                     "both, both + uploads")
+    sim.add_argument("--rounds", type=positive_int(50))
+    sim.add_argument("--tracks", type=positive_int(10_000), help="tracks rated a round")
+    sim.add_argument("--final", type=positive_int(10_000), help="tracks per arm at the end")
+    sim.add_argument("--members", type=positive_int(1000))
+    sim.add_argument("--steps", type=positive_int(100_000), help="fine-tuning steps a round")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--out", type=Path, default=Path("out/simulation"),
+                     help="folder for the table (markdown), plot (PNG) and JSON")
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
 
     model = sub.add_parser("model", help="a guild's model versions")
     msub = model.add_subparsers(dest="model_command", required=True, parser_class=Parser)
@@ -167,6 +229,128 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _upload(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.store import Store
+    from bot.upload_service import UploadService
+    from bot.uploads import UploadRejected
+
+    rejected = 0
+    async with await Store.open(settings.db_path) as store:
+        service = UploadService(settings, store)
+        for path in args.files:
+            try:
+                row, is_new = await service.ingest(args.guild, args.member, path)
+            except UploadRejected as exc:
+                rejected += 1
+                print(f"crowdtune: error: {path}: {exc.reason}", file=sys.stderr, flush=True)
+                if args.json:
+                    print(json.dumps({"file": str(path), "accepted": False,
+                                      "reason": exc.reason}), flush=True)
+                continue
+            if args.json:
+                print(json.dumps({"file": str(path), "accepted": True, "new": is_new,
+                                  "upload_id": row.id, "duration_s": row.duration_s,
+                                  "format": row.format, "sha256": row.sha256,
+                                  "original_name": row.original_name, "stored": row.file}),
+                      flush=True)
+            else:
+                known = "new upload" if is_new else "already known as upload"
+                print(f"{path}: {known} #{row.id} ({row.duration_s:.1f} s, {row.format})",
+                      flush=True)
+    return 2 if rejected else 0
+
+
+async def _feedback_import(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.feedback import FeedbackFileError, FeedbackService
+    from bot.store import Store
+
+    async with await Store.open(settings.db_path) as store:
+        try:
+            summary = await FeedbackService(store).import_file(args.file)
+        except FeedbackFileError as exc:
+            raise UserError(str(exc)) from exc
+    for e in summary.errors:
+        print(f"{args.file}:{e.line}: {e.reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(f"{args.file} ({summary.format}): {summary.rows} rows; {summary.votes} votes "
+              f"recorded ({summary.votes_changed} new or changed), {summary.listens} listens "
+              f"recorded ({summary.listens_changed} new or longer), {summary.rejected} rows "
+              "rejected")
+    return 0
+
+
+async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.rounds import RoundBusy, RoundService
+    from bot.store import Store
+
+    async with await Store.open(settings.db_path) as store:
+        service = RoundService(settings, store, ModelRegistry(settings.models_dir))
+        with progress_bar() as bar:
+            task = bar.add_task("round", total=settings.finetune_steps, info="starting")
+
+            def on_event(ev: dict) -> None:
+                if ev.get("event") == "step":
+                    bar.update(task, completed=ev["step"], info=f"loss {ev['loss']:.3f}")
+                elif ev.get("event") == "started":
+                    bar.update(task, info=ev["module"].split(".")[-1])
+
+            try:
+                summary = await service.run_round(args.guild, on_event)
+            except RoundBusy as exc:
+                raise UserError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary.text)
+        if summary.chart:
+            print(f"chart: {summary.chart}")
+    return 1 if summary.status == "failed" else 0
+
+
+async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.simulate import ABLATIONS, SimConfig, Simulation, markdown, write_outputs
+
+    registry = ModelRegistry(settings.models_dir)
+    if not registry.has_base():
+        raise UserError("no base model yet: run `crowdtune pretrain` first")
+    flags = {k: v for k, v in {"rounds": args.rounds, "tracks_per_round": args.tracks,
+                                "final_per_arm": args.final, "members": args.members,
+                                "finetune_steps": args.steps, "seed": args.seed}.items()
+             if v is not None}
+    cfg = SimConfig.quick(**flags) if args.quick else SimConfig(**flags)
+    variants = ABLATIONS if args.ablation else {"": {}}
+    results = {}
+    for name, change in variants.items():
+        variant = SimConfig(**{**cfg.__dict__, **change})
+        sim = Simulation(settings, variant, args.out / "work" / (name.replace(" ", "-") or
+                                                               "main"),
+                         progress=lambda msg, n=name: console.log(f"{n + ': ' if n else ''}"
+                                                                  f"{msg}"))
+        result = await sim.run(registry.base_dir)
+        data = write_outputs(result, args.out / (name.replace(" ", "-").replace("+", "and")
+                                                 if name else ""))
+        results[name] = (result, data)
+    if args.ablation:
+        rows = {name: data["rounds"][-1] for name, (_, data) in results.items()}
+        summary = {"ablation": rows}
+        lines = ["| variant | final new mean | baseline mean | gain | p |", "|---|---|---|---|---|"]
+        for name, r in rows.items():
+            lines.append(f"| {name} | {r['new_mean']} | {r['baseline_mean']} | "
+                         f"{r['gain_over_baseline']} | {r['p_value']} |")
+        (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
+        print(json.dumps(summary) if args.json else "\n".join(lines))
+        return 0
+    result, data = results[""]
+    if args.json:
+        print(json.dumps({"rounds": data["rounds"], "diversity": data["diversity"]}))
+    else:
+        Console().print(markdown(result))
+        console.print(f"table, plot and JSON in {args.out}/")
+    return 0
+
+
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     registry = ModelRegistry(settings.models_dir)
     if args.model_command == "rollback":
@@ -209,6 +393,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         return cmd_pretrain(settings, args)
     if args.command == "generate":
         return asyncio.run(_generate(settings, args))
+    if args.command == "upload":
+        return asyncio.run(_upload(settings, args))
+    if args.command == "feedback":
+        return asyncio.run(_feedback_import(settings, args))
+    if args.command == "round":
+        return asyncio.run(_round_run(settings, args))
+    if args.command == "simulate":
+        return asyncio.run(_simulate(settings, args))
     return cmd_model(settings, args)
 
 

@@ -33,6 +33,29 @@ class Settings(BaseSettings):
     keep_wav: bool = False
     torch_threads: int = 2
 
+    # Generation mix: shares of each batch of posted tracks from the baseline model (so every
+    # round's gain is measured side by side) and seeded from the guild's uploads.
+    baseline_share: float = Field(default=0.25, ge=0, le=1)
+    upload_seeded_share: float = Field(default=0.25, ge=0, le=1)
+    baseline_source: Literal["base", "previous"] = "base"  # base model, or previous champion
+
+    # The weekly round.
+    round_min_votes: int = Field(default=20, ge=1)  # fewer: the round is skipped
+    round_min_rated_tracks: int = Field(default=8, ge=2)
+    round_top_fraction: float = Field(default=0.5, gt=0, le=1)  # train on the best-rewarded
+    finetune_steps: int = Field(default=150, ge=1)
+    finetune_batch_size: int = Field(default=16, ge=2)
+    finetune_lr: float = Field(default=1e-4, gt=0)
+    finetune_replay_share: float = Field(default=0.25, ge=0, lt=1)
+    dpo_weight: float = Field(default=0.5, ge=0)  # 0 turns Diffusion-DPO off
+    dpo_beta: float = Field(default=2000.0, gt=0)
+    dpo_min_pairs: int = Field(default=4, ge=1)
+    eval_clips: int = Field(default=24, ge=4)
+    rollback_p_value: float = Field(default=0.05, gt=0, lt=1)
+    round_timeout_s: float = Field(default=3600.0, gt=0)
+    # Overrides of bot.rewards.RewardSettings fields, as JSON: {"listen_weight": 0.3}.
+    reward: dict[str, float] = Field(default_factory=dict)
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "crowdtune.sqlite3"
@@ -44,6 +67,10 @@ class Settings(BaseSettings):
     @property
     def tracks_dir(self) -> Path:
         return self.data_dir / "tracks"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
 
     @property
     def uploads_dir(self) -> Path:

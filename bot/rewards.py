@@ -62,7 +62,7 @@ MIN_STARS, MAX_STARS = 1, 5
 @dataclass(frozen=True)
 class Vote:
     track_id: int
-    member_id: int
+    member_id: int | str
     stars: int
 
     def __post_init__(self) -> None:
@@ -79,7 +79,7 @@ class Listen:
     """
 
     track_id: int
-    member_id: int
+    member_id: int | str
     listened_s: float
     duration_s: float
     present_at_start: bool
@@ -141,7 +141,7 @@ class TrackReward:
 
 @dataclass(frozen=True)
 class PreferencePair:
-    member_id: int
+    member_id: int | str
     preferred: int  # track ids
     rejected: int
     gap: int  # stars

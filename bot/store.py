@@ -7,13 +7,21 @@ CLI's free-form names (e.g. "demo") share one column.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
+from bot.listening import union_seconds
+
 ORIGINS = ("generated", "baseline", "upload_seeded")
+ROUND_STATUSES = ("running", "succeeded", "failed", "skipped")
+MIN_STARS, MAX_STARS = 1, 5
 
 # Append-only: each entry moves the schema from version i to i+1. Never edit a shipped one.
 MIGRATIONS: list[str] = [
@@ -48,7 +56,63 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tracks_by_guild ON tracks(guild_id, created_at);
     """,
+    # 2: feedback (votes, listens), uploads and learning rounds.
+    f"""
+    -- One vote per (track, member); a new reaction replaces the old one.
+    CREATE TABLE votes (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        member_id TEXT NOT NULL,
+        stars INTEGER NOT NULL CHECK (stars BETWEEN {MIN_STARS} AND {MAX_STARS}),
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (track_id, member_id)
+    );
+    -- Listen intervals as offsets (s) into one play of a track. The key makes a replayed
+    -- interval a no-op; a zero-length interval records presence without listening (a
+    -- member present at the start who deafened at once is a signal too).
+    CREATE TABLE listens (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        member_id TEXT NOT NULL,
+        play_started_at REAL NOT NULL,  -- wall clock of the play's start; 0 when imported
+        start_s REAL NOT NULL CHECK (start_s >= 0),
+        end_s REAL NOT NULL CHECK (end_s >= start_s),
+        present_at_start INTEGER NOT NULL CHECK (present_at_start IN (0, 1)),
+        recorded_at REAL NOT NULL,  -- when first stored (or extended): feedback windows
+        PRIMARY KEY (track_id, member_id, play_started_at, start_s)
+    );
+    CREATE TABLE uploads (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild_id TEXT NOT NULL REFERENCES guilds(id),
+        member_id TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        file TEXT NOT NULL,
+        original_name TEXT NOT NULL,
+        format TEXT NOT NULL,
+        duration_s REAL NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (guild_id, sha256)
+    );
+    CREATE TABLE rounds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild_id TEXT NOT NULL REFERENCES guilds(id),
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL CHECK (status IN {ROUND_STATUSES}),
+        parent_version TEXT,
+        candidate_version TEXT,
+        promoted INTEGER NOT NULL DEFAULT 0 CHECK (promoted IN (0, 1)),
+        reason TEXT,
+        counts TEXT NOT NULL DEFAULT '{{}}',
+        metrics TEXT NOT NULL DEFAULT '{{}}'
+    );
+    CREATE INDEX rounds_by_guild ON rounds(guild_id, started_at);
+    -- At most one running round per guild, even with two schedulers racing.
+    CREATE UNIQUE INDEX rounds_one_running ON rounds(guild_id) WHERE status = 'running';
+    """,
 ]
+
+
+class RoundConflict(Exception):
+    """A round cannot start (one is already running) or finish (it is not running)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +139,110 @@ class ModelVersionRow:
     created_at: float
 
 
+@dataclass(frozen=True)
+class VoteRow:
+    track_id: int
+    member_id: str
+    stars: int
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ListenRow:
+    track_id: int
+    member_id: str
+    play_started_at: float
+    start_s: float
+    end_s: float
+    present_at_start: bool
+    recorded_at: float
+
+
+@dataclass(frozen=True)
+class ListenTotal:
+    """A member's listening on one track: the union of all their intervals (over every
+    play) clipped to the track, and whether they were present at the start of any play."""
+
+    track_id: int
+    member_id: str
+    listened_s: float
+    duration_s: float
+    present_at_start: bool
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    id: int
+    guild_id: str
+    member_id: str
+    sha256: str
+    file: str
+    original_name: str
+    format: str
+    duration_s: float
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    id: int
+    guild_id: str
+    started_at: float
+    ended_at: float | None
+    status: str
+    parent_version: str | None
+    candidate_version: str | None
+    promoted: bool
+    reason: str | None
+    counts: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrackFeedback:
+    """One track with its current votes and per-member listening (what rewards need)."""
+
+    track: Track
+    votes: tuple[VoteRow, ...]
+    listens: tuple[ListenTotal, ...]
+
+
+def _round(row: aiosqlite.Row) -> RoundRow:
+    d = dict(row)
+    return RoundRow(**{**d, "promoted": bool(d["promoted"]), "counts": json.loads(d["counts"]),
+                       "metrics": json.loads(d["metrics"])})
+
+
+def _listen(row: aiosqlite.Row) -> ListenRow:
+    d = dict(row)
+    return ListenRow(**{**d, "present_at_start": bool(d["present_at_start"])})
+
+
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self._batch_depth = 0
+
+    async def _commit(self) -> None:
+        # Inside `batch()` the commit is deferred to its end (one fsync, not one per row).
+        if self._batch_depth == 0:
+            await self.db.commit()
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Group many writes into one transaction (e.g. a feedback import); rolled back if
+        the block raises. Writes keep their own idempotence, so a retried batch is safe.
+        Other coroutines' writes through this store in the meantime join the transaction,
+        so keep batches to work that runs alone (the CLI)."""
+        self._batch_depth += 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self._batch_depth -= 1
+            if self._batch_depth == 0:
+                await (self.db.commit() if ok else self.db.rollback())
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -122,7 +287,7 @@ class Store:
             "ON CONFLICT(id) DO UPDATE SET name = COALESCE(excluded.name, guilds.name)",
             (str(guild_id), name, time.time()),
         )
-        await self.db.commit()
+        await self._commit()
 
     async def record_model_version(self, row: ModelVersionRow) -> None:
         await self.ensure_guild(row.guild_id)
@@ -131,7 +296,7 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(guild_id, version) DO NOTHING",
             (row.guild_id, row.version, row.parent, row.sha256, row.source, row.created_at),
         )
-        await self.db.commit()
+        await self._commit()
 
     async def model_versions(self, guild_id: str) -> list[ModelVersionRow]:
         async with self.db.execute(
@@ -153,17 +318,17 @@ class Store:
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (str(guild_id), model_version, origin, file, duration_s, seed, time.time()),
         )
-        await self.db.commit()
+        await self._commit()
         assert cur.lastrowid is not None
         return cur.lastrowid
 
     async def set_track_file(self, track_id: int, file: str) -> None:
         await self.db.execute("UPDATE tracks SET file = ? WHERE id = ?", (file, track_id))
-        await self.db.commit()
+        await self._commit()
 
     async def delete_track(self, track_id: int) -> None:
         await self.db.execute("DELETE FROM tracks WHERE id = ?", (track_id,))
-        await self.db.commit()
+        await self._commit()
 
     async def get_track(self, track_id: int) -> Track | None:
         async with self.db.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)) as cur:
@@ -176,3 +341,259 @@ class Store:
             (str(guild_id), limit),
         ) as cur:
             return [Track(**dict(r)) for r in await cur.fetchall()]
+
+    # --- votes ----------------------------------------------------------------------------
+
+    async def upsert_vote(
+        self, track_id: int, member_id: str, stars: int, at: float | None = None
+    ) -> bool:
+        """Record a member's vote, replacing any earlier one; True if anything changed.
+
+        Re-sending the same stars is a no-op that keeps `updated_at`, so a replayed reaction
+        does not look like fresh feedback to a round's window.
+        """
+        cur = await self.db.execute(
+            "INSERT INTO votes (track_id, member_id, stars, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(track_id, member_id) DO UPDATE SET stars = excluded.stars, "
+            "updated_at = excluded.updated_at WHERE votes.stars != excluded.stars",
+            (track_id, str(member_id), stars, time.time() if at is None else at),
+        )
+        await self._commit()
+        return cur.rowcount > 0
+
+    async def delete_vote(self, track_id: int, member_id: str) -> bool:
+        """Remove a member's vote; True if there was one."""
+        cur = await self.db.execute(
+            "DELETE FROM votes WHERE track_id = ? AND member_id = ?", (track_id, str(member_id))
+        )
+        await self._commit()
+        return cur.rowcount > 0
+
+    async def get_vote(self, track_id: int, member_id: str) -> VoteRow | None:
+        async with self.db.execute(
+            "SELECT * FROM votes WHERE track_id = ? AND member_id = ?",
+            (track_id, str(member_id)),
+        ) as cur:
+            row = await cur.fetchone()
+        return VoteRow(**dict(row)) if row else None
+
+    async def votes(self, track_id: int) -> list[VoteRow]:
+        async with self.db.execute(
+            "SELECT * FROM votes WHERE track_id = ? ORDER BY member_id", (track_id,)
+        ) as cur:
+            return [VoteRow(**dict(r)) for r in await cur.fetchall()]
+
+    # --- listens --------------------------------------------------------------------------
+
+    async def add_listen(
+        self, track_id: int, member_id: str, play_started_at: float, start_s: float,
+        end_s: float, present_at_start: bool, at: float | None = None,
+    ) -> bool:
+        """Record one listen interval (offsets in seconds into the play); True if it changed
+        anything. A replay is a no-op; the same start with a later end extends the interval
+        (an interval closed early by a crash, then closed properly)."""
+        cur = await self.db.execute(
+            "INSERT INTO listens (track_id, member_id, play_started_at, start_s, end_s, "
+            "present_at_start, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(track_id, member_id, play_started_at, start_s) DO UPDATE SET "
+            "end_s = MAX(listens.end_s, excluded.end_s), "
+            "present_at_start = MAX(listens.present_at_start, excluded.present_at_start), "
+            "recorded_at = excluded.recorded_at "
+            "WHERE excluded.end_s > listens.end_s "
+            "OR excluded.present_at_start > listens.present_at_start",
+            (track_id, str(member_id), play_started_at, start_s, end_s, int(present_at_start),
+             time.time() if at is None else at),
+        )
+        await self._commit()
+        return cur.rowcount > 0
+
+    async def listens(self, track_id: int) -> list[ListenRow]:
+        async with self.db.execute(
+            "SELECT * FROM listens WHERE track_id = ? "
+            "ORDER BY member_id, play_started_at, start_s", (track_id,)
+        ) as cur:
+            return [_listen(r) for r in await cur.fetchall()]
+
+    async def listen_totals(self, track_ids: Sequence[int]) -> list[ListenTotal]:
+        """Per (track, member): listened seconds and presence at the start of a play."""
+        if not track_ids:
+            return []
+        marks = ",".join("?" * len(track_ids))
+        return await self._listen_totals(f"l.track_id IN ({marks})", list(track_ids))
+
+    async def _listen_totals(self, where: str, params: Sequence[Any]) -> list[ListenTotal]:
+        async with self.db.execute(
+            "SELECT l.track_id, l.member_id, l.start_s, l.end_s, l.present_at_start, "
+            "t.duration_s FROM listens l JOIN tracks t ON t.id = l.track_id "
+            f"WHERE {where} ORDER BY l.track_id, l.member_id", params,
+        ) as cur:
+            rows = await cur.fetchall()
+        grouped: dict[tuple[int, str], tuple[float, list[tuple[float, float]], bool]] = {}
+        for r in rows:
+            key = (r["track_id"], r["member_id"])
+            duration, spans, present = grouped.get(key, (r["duration_s"], [], False))
+            spans.append((r["start_s"], r["end_s"]))
+            grouped[key] = (duration, spans, present or bool(r["present_at_start"]))
+        # Offsets from every play share one time axis (the track), so replays of the same
+        # part are counted once: the union says how much of the track the member heard.
+        return [
+            ListenTotal(track_id=t, member_id=m, listened_s=union_seconds(spans, duration),
+                        duration_s=duration, present_at_start=present)
+            for (t, m), (duration, spans, present) in grouped.items()
+        ]
+
+    # --- uploads --------------------------------------------------------------------------
+
+    async def add_upload(
+        self, guild_id: str, member_id: str, sha256: str, file: str, original_name: str,
+        format: str, duration_s: float,
+    ) -> tuple[UploadRow, bool]:
+        """Record an upload; the same song (sha256) twice in a guild is one upload.
+
+        Returns the stored row (the first upload's, for a duplicate) and whether it is new.
+        """
+        await self.ensure_guild(guild_id)
+        cur = await self.db.execute(
+            "INSERT INTO uploads (guild_id, member_id, sha256, file, original_name, format, "
+            "duration_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(guild_id, sha256) DO NOTHING",
+            (str(guild_id), str(member_id), sha256, file, original_name, format, duration_s,
+             time.time()),
+        )
+        await self._commit()
+        row = await self.upload_by_sha(guild_id, sha256)
+        assert row is not None
+        return row, cur.rowcount > 0
+
+    async def upload_by_sha(self, guild_id: str, sha256: str) -> UploadRow | None:
+        async with self.db.execute(
+            "SELECT * FROM uploads WHERE guild_id = ? AND sha256 = ?", (str(guild_id), sha256)
+        ) as cur:
+            row = await cur.fetchone()
+        return UploadRow(**dict(row)) if row else None
+
+    async def set_upload_file(self, upload_id: int, file: str) -> None:
+        await self.db.execute("UPDATE uploads SET file = ? WHERE id = ?", (file, upload_id))
+        await self._commit()
+
+    async def uploads(self, guild_id: str, since: float | None = None) -> list[UploadRow]:
+        """A guild's uploads, oldest first (those created at or after `since`, if given)."""
+        async with self.db.execute(
+            "SELECT * FROM uploads WHERE guild_id = ? AND (? IS NULL OR created_at >= ?) "
+            "ORDER BY id", (str(guild_id), since, since),
+        ) as cur:
+            return [UploadRow(**dict(r)) for r in await cur.fetchall()]
+
+    # --- feedback windows -----------------------------------------------------------------
+
+    async def track_feedback(
+        self, guild_id: str, since: float | None = None
+    ) -> list[TrackFeedback]:
+        """A guild's tracks with their votes and listening, oldest track first.
+
+        With `since`, only tracks created at or after it or with feedback recorded at or
+        after it (a vote set or changed, a listen stored); each comes with all its current
+        feedback, since a reward needs the whole picture of a track, not the window's slice.
+        Without `since`, every track of the guild, rated or not.
+        """
+        window = (
+            "SELECT id FROM tracks t WHERE t.guild_id = :g AND (:since IS NULL "
+            "OR t.created_at >= :since "
+            "OR EXISTS (SELECT 1 FROM votes v WHERE v.track_id = t.id "
+            "AND v.updated_at >= :since) "
+            "OR EXISTS (SELECT 1 FROM listens l WHERE l.track_id = t.id "
+            "AND l.recorded_at >= :since))"
+        )
+        params = {"g": str(guild_id), "since": since}
+        async with self.db.execute(
+            f"SELECT * FROM tracks WHERE id IN ({window}) ORDER BY id", params
+        ) as cur:
+            tracks = [Track(**dict(r)) for r in await cur.fetchall()]
+        async with self.db.execute(
+            f"SELECT * FROM votes WHERE track_id IN ({window}) ORDER BY track_id, member_id",
+            params,
+        ) as cur:
+            votes = [VoteRow(**dict(r)) for r in await cur.fetchall()]
+        totals = await self._listen_totals(f"l.track_id IN ({window})", params)
+        by_track_votes: dict[int, list[VoteRow]] = {}
+        for v in votes:
+            by_track_votes.setdefault(v.track_id, []).append(v)
+        by_track_listens: dict[int, list[ListenTotal]] = {}
+        for li in totals:
+            by_track_listens.setdefault(li.track_id, []).append(li)
+        return [
+            TrackFeedback(track=t, votes=tuple(by_track_votes.get(t.id, ())),
+                          listens=tuple(by_track_listens.get(t.id, ())))
+            for t in tracks
+        ]
+
+    # --- learning rounds ------------------------------------------------------------------
+
+    async def start_round(
+        self, guild_id: str, parent_version: str | None = None, at: float | None = None
+    ) -> RoundRow:
+        """Insert a running round; `RoundConflict` if the guild already has one running."""
+        await self.ensure_guild(guild_id)
+        try:
+            cur = await self.db.execute(
+                "INSERT INTO rounds (guild_id, started_at, status, parent_version) "
+                "VALUES (?, ?, 'running', ?)",
+                (str(guild_id), time.time() if at is None else at, parent_version),
+            )
+        except aiosqlite.IntegrityError as exc:
+            running = await self.running_round(guild_id)
+            raise RoundConflict(
+                f"guild {guild_id} already has round {running.id if running else '?'} running"
+            ) from exc
+        await self._commit()
+        assert cur.lastrowid is not None
+        row = await self.get_round(cur.lastrowid)
+        assert row is not None
+        return row
+
+    async def finish_round(
+        self, round_id: int, status: str, *, parent_version: str | None = None,
+        candidate_version: str | None = None, promoted: bool = False, reason: str | None = None,
+        counts: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
+        at: float | None = None,
+    ) -> RoundRow:
+        """End a running round with its outcome. `RoundConflict` if it is not running (a
+        finished round's record is history and is never rewritten); KeyError if unknown."""
+        if status not in ROUND_STATUSES or status == "running":
+            raise ValueError(f"a round finishes as succeeded, failed or skipped, not {status!r}")
+        cur = await self.db.execute(
+            "UPDATE rounds SET status = ?, ended_at = ?, "
+            "parent_version = COALESCE(?, parent_version), candidate_version = ?, "
+            "promoted = ?, reason = ?, counts = ?, metrics = ? "
+            "WHERE id = ? AND status = 'running'",
+            (status, time.time() if at is None else at, parent_version, candidate_version,
+             int(promoted), reason, json.dumps(dict(counts or {})),
+             json.dumps(dict(metrics or {})), round_id),
+        )
+        await self._commit()
+        row = await self.get_round(round_id)
+        if row is None:
+            raise KeyError(f"no round {round_id}")
+        if cur.rowcount == 0:
+            raise RoundConflict(f"round {round_id} is not running (it {row.status})")
+        return row
+
+    async def get_round(self, round_id: int) -> RoundRow | None:
+        async with self.db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)) as cur:
+            row = await cur.fetchone()
+        return _round(row) if row else None
+
+    async def rounds(self, guild_id: str, limit: int | None = None) -> list[RoundRow]:
+        """A guild's rounds, newest first."""
+        async with self.db.execute(
+            "SELECT * FROM rounds WHERE guild_id = ? ORDER BY started_at DESC, id DESC "
+            "LIMIT ?", (str(guild_id), -1 if limit is None else limit),
+        ) as cur:
+            return [_round(r) for r in await cur.fetchall()]
+
+    async def running_round(self, guild_id: str) -> RoundRow | None:
+        async with self.db.execute(
+            "SELECT * FROM rounds WHERE guild_id = ? AND status = 'running'", (str(guild_id),)
+        ) as cur:
+            row = await cur.fetchone()
+        return _round(row) if row else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,22 +53,64 @@ class TrackService:
         await self.store.record_model_version(version_row(info))
         return info
 
+    async def model_for(self, guild: str, origin: str) -> VersionInfo:
+        """The active model, or for baseline tracks the base (the guild's v0001) or the
+        previous champion, per `baseline_source`."""
+        active = await self.active_version(guild)
+        if origin != "baseline":
+            return active
+        if self.settings.baseline_source == "previous" and active.parent:
+            info = self.registry.info(guild, active.parent)
+        else:
+            info = self.registry.versions(guild)[0]
+        await self.store.record_model_version(version_row(info))
+        return info
+
     async def generate(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
         seconds: float | None = None, origin: str = "generated",
     ) -> list[GeneratedTrack]:
-        info = await self.active_version(guild)
+        info = await self.model_for(guild, origin)
         out_dir = out_dir or self.settings.tracks_dir / guild
         out_dir.mkdir(parents=True, exist_ok=True)
         seconds = seconds or self.settings.track_seconds
         first = seed if seed is not None else secrets.randbelow(2**31 - n)
         seeds = tuple(first + i for i in range(n))
+        seed_audio: tuple[str, ...] = ()
+        if origin == "upload_seeded":
+            uploads = await self.store.uploads(guild)
+            if not uploads:
+                raise ValueError(f"guild {guild} has no uploads to seed generation from")
+            rng = random.Random(first)
+            seed_audio = tuple(u.file for u in rng.sample(uploads, min(4, len(uploads))))
         job = GenerationJob(model_dir=str(self.registry.version_dir(guild, info.version)),
-                            seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps)
+                            seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps,
+                            seed_audio=seed_audio)
         audios, sr = await self.worker.run(job)
         made = []
         for audio, s in zip(audios, seeds, strict=True):
             made.append(await self._save(guild, info.version, origin, audio, sr, s, out_dir))
+        return made
+
+    async def generate_mix(
+        self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
+        seconds: float | None = None,
+    ) -> list[GeneratedTrack]:
+        """n tracks in the posting mix: a share from the baseline model, a share seeded from
+        uploads (when the guild has any), the rest from the active model; shuffled."""
+        first = seed if seed is not None else secrets.randbelow(2**30)
+        n_base = round(n * self.settings.baseline_share)
+        has_uploads = bool(await self.store.uploads(guild))
+        n_up = round(n * self.settings.upload_seeded_share) if has_uploads else 0
+        plan = [("generated", n - n_base - n_up), ("baseline", n_base), ("upload_seeded", n_up)]
+        made: list[GeneratedTrack] = []
+        offset = 0
+        for origin, count in plan:
+            if count > 0:
+                made += await self.generate(guild, count, out_dir, first + offset, seconds,
+                                            origin)
+                offset += count
+        random.Random(first).shuffle(made)
         return made
 
     async def _save(self, guild: str, version: str, origin: str, audio, sr: int, seed: int,

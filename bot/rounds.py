@@ -1,0 +1,329 @@
+"""The weekly round: feedback in, a fine-tuned candidate out, promoted only when it is better.
+
+    run_round(guild)
+      1. lock the guild (a file lock: two rounds for one guild never run at once, even from
+         two processes); a 'running' row left by a crashed process is marked failed
+      2. automatic rollback: if the champion's tracks were rated significantly worse than the
+         baseline tracks posted beside them (two-sided Mann-Whitney, p < rollback_p_value),
+         the guild goes back to the champion's parent first
+      3. the training set: rewards from the window's votes and listens (bot/rewards.py), the
+         best-rewarded tracks weighted by reward, the guild's uploads as positives, preference
+         pairs for Diffusion-DPO; too little feedback -> the round is skipped, nothing changes
+      4. fine-tuning in a child process (model/finetune.py): a crash or kill leaves the
+         champion active and marks the round failed
+      5. the candidate is kept as a new version, evaluated offline against the champion in
+         another child process (model/evaluate.py), and promoted when the verdict says so
+      6. the round is recorded, with a chart and a text summary for the channel
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bot.config import Settings
+from bot.report import RoundRatings, compare, rating_chart, summary_text
+from bot.rewards import Listen, RewardSettings, Vote, preference_pairs, track_rewards
+from bot.rewards import training_weights as reward_weights
+from bot.store import RoundConflict, Store, TrackFeedback
+from model.evaluate import EvalSpec
+from model.finetune import FinetuneSpec
+from model.registry import ModelRegistry, VersionInfo
+
+log = logging.getLogger(__name__)
+Progress = Callable[[dict], None]
+
+
+class RoundBusy(Exception):
+    """A round for this guild is already running."""
+
+
+class ChildFailed(Exception):
+    """The training or evaluation child process failed (one-line reason)."""
+
+
+@dataclass
+class RoundSummary:
+    round_id: int | None
+    guild: str
+    status: str  # succeeded | skipped | failed
+    reason: str
+    promoted: bool = False
+    parent_version: str | None = None
+    candidate_version: str | None = None
+    active_version: str | None = None
+    rolled_back: str | None = None  # what the automatic rollback did, if anything
+    counts: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    chart: str | None = None
+    text: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GuildLock:
+    """An exclusive, non-blocking flock on a file; released when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+async def run_child(module: str, spec_path: Path, log_path: Path, timeout: float,
+                    on_event: Progress | None = None) -> dict:
+    """Run `python -m module spec` and return its 'done' event; JSON lines are progress."""
+    with log_path.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, str(spec_path),
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )
+        if on_event:
+            on_event({"event": "started", "module": module, "pid": proc.pid})
+        result: dict | None = None
+        error = ""
+        try:
+            async with asyncio.timeout(timeout):
+                assert proc.stdout is not None
+                async for raw in proc.stdout:
+                    try:
+                        event = json.loads(raw)
+                    except json.JSONDecodeError:
+                        continue
+                    if event.get("event") == "done":
+                        result = event
+                    elif event.get("event") == "error":
+                        error = event.get("error", "")
+                    if on_event:
+                        on_event(event)
+                code = await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ChildFailed(f"{module} took longer than {timeout:.0f} s and was stopped"
+                              ) from None
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+    if code != 0 or result is None:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise ChildFailed(f"{module} {how}" + (f": {error}" if error else ""))
+    return result
+
+
+@dataclass
+class TrainingSet:
+    items: list[dict]
+    pairs: list[list[str]]
+    rated: list[dict]
+    liked: list[str]
+    counts: dict
+
+
+def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: Settings,
+                       rewards_cfg: RewardSettings) -> TrainingSet:
+    """Rated tracks weighted by reward (best fraction only), uploads, preference pairs."""
+    votes = [Vote(v.track_id, v.member_id, v.stars) for f in feedback for v in f.votes]
+    listens = [Listen(li.track_id, li.member_id, li.listened_s, li.duration_s,
+                      li.present_at_start) for f in feedback for li in f.listens]
+    rewards = track_rewards(votes, listens, rewards_cfg)
+    files = {f.track.id: f.track.file for f in feedback if f.track.file}
+    rated = [r for r in rewards.values() if r.n_votes > 0 and r.track_id in files]
+    rated.sort(key=lambda r: r.reward, reverse=True)
+    keep = rated[: max(1, round(len(rated) * settings.round_top_fraction))]
+    weights = reward_weights([r.reward for r in keep], rewards_cfg)
+    items = [{"key": f"track:{r.track_id}", "path": files[r.track_id], "weight": float(w)}
+             for r, w in zip(keep, weights, strict=True)]
+    items += [{"key": f"upload:{u.id}", "path": u.file, "weight": rewards_cfg.upload_reward}
+              for u in uploads]
+    pairs = [[f"track:{p.preferred}", f"track:{p.rejected}"]
+             for p in preference_pairs(votes, rewards_cfg)
+             if p.preferred in files and p.rejected in files]
+    liked = [files[r.track_id] for r in keep if r.reward > 0] + [u.file for u in uploads]
+    counts = {"tracks": len(feedback), "rated_tracks": len(rated), "votes": len(votes),
+              "listens": sum(1 for li in listens if li.present_at_start),
+              "uploads": len(uploads), "train_tracks": len(keep), "pairs": len(pairs)}
+    return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts,
+                       rated=[{"path": files[r.track_id], "reward": r.reward} for r in rated])
+
+
+def round_ratings(feedback: list[TrackFeedback], round_starts: list[float]) -> list[RoundRatings]:
+    """Stars per origin for each period between round starts (period k: tracks made before
+    round k started), the data of the report chart."""
+    bounds = [*round_starts, float("inf")]
+    out = []
+    for k, end in enumerate(bounds, start=1):
+        begin = bounds[k - 2] if k > 1 else float("-inf")
+        ratings: dict[str, list[float]] = {}
+        for f in feedback:
+            if begin <= f.track.created_at < end and f.votes:
+                ratings.setdefault(f.track.origin, []).extend(v.stars for v in f.votes)
+        if ratings:
+            out.append(RoundRatings(round=k, ratings=ratings))
+    return out
+
+
+class RoundService:
+    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+
+    def _rewards_cfg(self) -> RewardSettings:
+        return RewardSettings(**self.settings.reward)
+
+    async def run_round(self, guild: str, progress: Progress | None = None) -> RoundSummary:
+        lock = GuildLock(self.settings.data_dir / "locks" / f"round-{guild}.lock")
+        if not lock.acquire():
+            raise RoundBusy(f"a round for guild {guild} is already running")
+        try:
+            stale = await self.store.running_round(guild)
+            if stale is not None:  # we hold the lock, so its process is gone
+                await self.store.finish_round(stale.id, "failed",
+                                              reason="interrupted: the process stopped")
+            return await self._run_locked(guild, progress)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, guild: str, progress: Progress | None) -> RoundSummary:
+        await self.store.ensure_guild(guild)
+        champion = await asyncio.to_thread(self.registry.ensure_guild, guild)
+        rolled_back = await self._auto_rollback(guild, champion)
+        if rolled_back:
+            champion = await asyncio.to_thread(self.registry.resolve_active, guild)
+        previous = [r for r in await self.store.rounds(guild) if r.status == "succeeded"]
+        since = previous[0].started_at if previous else None
+        row = await self.store.start_round(guild, parent_version=champion.version)
+        summary = RoundSummary(round_id=row.id, guild=guild, status="running", reason="",
+                               parent_version=champion.version, rolled_back=rolled_back)
+        work = self.settings.work_dir / f"round-{row.id}"
+        try:
+            feedback = await self.store.track_feedback(guild, since=since)
+            uploads = await self.store.uploads(guild)
+            data = build_training_set(feedback, uploads, self.settings, self._rewards_cfg())
+            summary.counts = data.counts
+            short = self._too_little(data.counts)
+            if short:
+                summary.status, summary.reason = "skipped", short
+            else:
+                await self._train_and_judge(guild, champion, data, work, summary, progress)
+                summary.status = "succeeded"
+        except (ChildFailed, OSError, ValueError, RoundConflict) as exc:
+            summary.status, summary.reason = "failed", str(exc)
+            log.error("guild %s: round %s failed: %s", guild, row.id, exc)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        summary.active_version = self.registry.active_name(guild)
+        await self.store.finish_round(
+            row.id, summary.status, candidate_version=summary.candidate_version,
+            promoted=summary.promoted, reason=summary.reason, counts=summary.counts,
+            metrics=summary.metrics)
+        await self._report(guild, summary)
+        return summary
+
+    def _too_little(self, counts: dict) -> str | None:
+        s = self.settings
+        if counts["votes"] < s.round_min_votes or counts["rated_tracks"] < s.round_min_rated_tracks:
+            return (f"not enough feedback yet: {counts['votes']} votes on "
+                    f"{counts['rated_tracks']} tracks (a round needs {s.round_min_votes} votes "
+                    f"on {s.round_min_rated_tracks} tracks); the model is unchanged")
+        return None
+
+    async def _train_and_judge(self, guild: str, champion: VersionInfo, data: TrainingSet,
+                               work: Path, summary: RoundSummary,
+                               progress: Progress | None) -> None:
+        s = self.settings
+        work.mkdir(parents=True, exist_ok=True)
+        parent_dir = self.registry.version_dir(guild, champion.version)
+        spec = FinetuneSpec(
+            parent_dir=str(parent_dir), out_dir=str(work / "candidate"), items=data.items,
+            pairs=data.pairs, steps=s.finetune_steps, batch_size=s.finetune_batch_size,
+            lr=s.finetune_lr, replay_share=s.finetune_replay_share, dpo_beta=s.dpo_beta,
+            dpo_weight=s.dpo_weight, dpo_min_pairs=s.dpo_min_pairs,
+            seed=summary.round_id or 0, threads=s.torch_threads,
+        )
+        spec.save(work / "finetune.json")
+        started = time.perf_counter()
+        trained = await run_child("model.finetune", work / "finetune.json",
+                                  work / "finetune.log", s.round_timeout_s, progress)
+        info = await asyncio.to_thread(
+            self.registry.add_version, guild, work / "candidate", champion.version,
+            "finetune", f"round {summary.round_id}", {"train": trained})
+        summary.candidate_version = info.version
+        ev = EvalSpec(champion_dir=str(parent_dir),
+                      candidate_dir=str(self.registry.version_dir(guild, info.version)),
+                      rated=data.rated, liked=data.liked, clips=s.eval_clips,
+                      steps=s.sampler_steps, threads=s.torch_threads)
+        (work / "evaluate.json").write_text(json.dumps(asdict(ev)))
+        verdict = await run_child("model.evaluate", work / "evaluate.json",
+                                  work / "evaluate.log", s.round_timeout_s, progress)
+        summary.metrics = {"train": trained, "eval": verdict,
+                           "seconds": round(time.perf_counter() - started, 1)}
+        summary.reason = verdict["reason"]
+        if verdict["promote"]:
+            await asyncio.to_thread(self.registry.promote, guild, info.version)
+            summary.promoted = True
+
+    async def _auto_rollback(self, guild: str, champion: VersionInfo) -> str | None:
+        """Roll back a champion that its community rated significantly below the baseline."""
+        if champion.parent is None:
+            return None
+        feedback = await self.store.track_feedback(guild, since=champion.created_at)
+        new = [v.stars for f in feedback if f.track.origin == "generated"
+               and f.track.model_version == champion.version for v in f.votes]
+        base = [v.stars for f in feedback if f.track.origin == "baseline"
+                and f.track.created_at >= champion.created_at for v in f.votes]
+        if len(new) < 10 or len(base) < 10:
+            return None
+        gain, p = compare(new, base)
+        if gain < 0 and p < self.settings.rollback_p_value:
+            info = await asyncio.to_thread(self.registry.rollback, guild)
+            note = (f"rolled back {champion.version} -> {info.version}: its tracks were rated "
+                    f"{gain:+.2f} stars against the baseline (Mann-Whitney p = {p:.3g})")
+            log.warning("guild %s: %s", guild, note)
+            return note
+        return None
+
+    async def _report(self, guild: str, summary: RoundSummary) -> None:
+        """The chart of ratings per round and origin, and the text for the channel."""
+        rounds = sorted(await self.store.rounds(guild), key=lambda r: r.started_at)
+        feedback = await self.store.track_feedback(guild)
+        periods = round_ratings(feedback, [r.started_at for r in rounds])
+        reason = summary.reason + (f"\n{summary.rolled_back}" if summary.rolled_back else "")
+        if periods:
+            out = self.settings.data_dir / "reports" / guild
+            out.mkdir(parents=True, exist_ok=True)
+            chart = out / f"round-{summary.round_id}.png"
+            await asyncio.to_thread(rating_chart, periods, chart)
+            summary.chart = str(chart)
+            summary.text = summary_text(periods[-1], summary.promoted, reason,
+                                        summary.active_version)
+        else:
+            summary.text = f"Round {summary.round_id}: {summary.status}. {reason}"

@@ -1,0 +1,296 @@
+"""`crowdtune simulate`: the paper's experiment, offline, through the real services.
+
+A simulated community (bot/community.py) listens to what the model makes and reacts. Every
+step goes through the code the bot uses: TrackService generates and records tracks (worker
+process, ffmpeg), members' votes and listening go through FeedbackService, their uploads
+through UploadService (ffprobe, pydub), and each week's RoundService.run_round fine-tunes in
+a child process, evaluates and promotes. Members rate what they hear: features are computed
+from the encoded files, not from anything the model reports.
+
+Rating pass k (k = 0..rounds) rates the tracks of the champion after k rounds, side by side
+with baseline tracks from the base model. The last pass is the final comparison, with
+`final_per_arm` tracks per arm so the interval means something.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from bot.community import Community, listen_seconds, make_upload, will_upload
+from bot.config import Settings
+from bot.feedback import FeedbackService
+from bot.report import (
+    BASELINE,
+    GENERATED,
+    RoundRatings,
+    compare,
+    mean_ci,
+    rating_chart,
+    round_stats,
+)
+from bot.rounds import RoundService
+from bot.store import Store
+from bot.tracks import GeneratedTrack, TrackService
+from bot.upload_service import UploadService
+from bot.worker import GenerationWorker
+from model.features import AudioFeatures, diversity, extract
+from model.finetune import load_audio
+from model.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+GUILD = "sim"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    rounds: int = 5
+    tracks_per_round: int = 96
+    final_per_arm: int = 160
+    members: int = 12
+    participation: float = 0.7  # chance a member rates (and hears) a given track
+    track_seconds: float = 5.0
+    finetune_steps: int = 300
+    eval_clips: int = 24
+    seed: int = 0
+    uploads: bool = True  # members share songs, and a share of tracks is upload-seeded
+    fine_tune: bool = True
+    use_stars: bool = True
+    use_listening: bool = True
+
+    @classmethod
+    def quick(cls, **kw: object) -> SimConfig:
+        return replace(cls(rounds=3, tracks_per_round=48, final_per_arm=64,
+                           finetune_steps=120, eval_clips=16), **kw)
+
+
+ABLATIONS: dict[str, dict] = {
+    "no fine-tuning": {"fine_tune": False, "uploads": False},
+    "ratings only": {"use_listening": False, "uploads": False},
+    "listen time only": {"use_stars": False, "uploads": False},
+    "ratings + listening": {"uploads": False},
+    "ratings + listening + uploads": {},
+}
+
+
+@dataclass
+class PassResult:
+    round: int
+    version: str
+    ratings: RoundRatings
+    expected_new: float  # the community's noise-free mean stars for the new model's tracks
+    taste: dict  # mean perceptual features of the new model's tracks
+    diversity: float
+    promoted: bool | None = None
+    reason: str = ""
+    round_seconds: float = 0.0
+
+    def row(self) -> dict:
+        stats = round_stats(self.ratings)
+        return {**stats, "version": self.version, "expected_new": round(self.expected_new, 3),
+                **{k: round(v, 3) for k, v in self.taste.items()},
+                "diversity": round(self.diversity, 3), "promoted": self.promoted,
+                "reason": self.reason, "round_seconds": round(self.round_seconds, 1)}
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    passes: list[PassResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        base_div = self.passes[0].diversity if self.passes else float("nan")
+        return {
+            "rounds": [p.row() for p in self.passes],
+            "diversity": {"base": round(base_div, 3),
+                          "final": round(self.passes[-1].diversity, 3),
+                          "final_vs_base": round(self.passes[-1].diversity / base_div, 3)},
+            "config": asdict(self.config),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _taste(feats: list[AudioFeatures]) -> dict:
+    return {
+        "centroid_hz": float(np.mean([f.centroid_hz for f in feats])),
+        "onset_rate": float(np.mean([f.onset_rate for f in feats])),
+        "register_midi": float(np.mean([f.register_midi for f in feats])),
+        "flatness": float(np.median([f.flatness for f in feats])),
+        "loudness_db": float(np.median([f.loudness_db for f in feats])),
+    }
+
+
+class Simulation:
+    def __init__(self, settings: Settings, cfg: SimConfig, workdir: Path,
+                 progress: Progress | None = None) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.say = progress or (lambda _msg: None)
+        # Its own data folder: the simulation never touches a real guild's data.
+        self.settings = settings.model_copy(update={
+            "data_dir": workdir / "data", "track_seconds": cfg.track_seconds,
+            "finetune_steps": cfg.finetune_steps, "eval_clips": cfg.eval_clips,
+            "upload_seeded_share": 0.25 if cfg.uploads else 0.0,
+            "reward": {**settings.reward,
+                       **({} if cfg.use_stars else {"star_weight": 0.0}),
+                       **({} if cfg.use_listening else {"listen_weight": 0.0})},
+            "dpo_weight": settings.dpo_weight if cfg.use_stars else 0.0,
+        })
+        self.rng = np.random.default_rng(cfg.seed)
+        self.community = Community(seed=cfg.seed, n_members=cfg.members)
+        self._feats: dict[int, AudioFeatures] = {}
+
+    async def run(self, base_dir: Path) -> SimResult:
+        start = time.perf_counter()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        registry = ModelRegistry(self.settings.models_dir)
+        shutil.copytree(base_dir, registry.base_dir)
+        worker = GenerationWorker(self.settings.torch_threads)
+        result = SimResult(config=self.cfg)
+        try:
+            async with await Store.open(self.settings.db_path) as store:
+                self.store = store
+                self.tracks = TrackService(self.settings, store, registry, worker)
+                self.feedback = FeedbackService(store)
+                self.uploads = UploadService(self.settings, store)
+                rounds = RoundService(self.settings, store, registry)
+                for k in range(self.cfg.rounds + 1):
+                    final = k == self.cfg.rounds
+                    result.passes.append(await self._rating_pass(k, final))
+                    if final:
+                        break
+                    if self.cfg.uploads:
+                        await self._uploads(k)
+                    if self.cfg.fine_tune:
+                        self.say(f"round {k + 1}: fine-tuning")
+                        t = time.perf_counter()
+                        summary = await rounds.run_round(GUILD)
+                        p = result.passes[-1]
+                        p.promoted, p.reason = summary.promoted, summary.reason
+                        p.round_seconds = time.perf_counter() - t
+                        self.say(f"round {k + 1}: {summary.status}, "
+                                 f"{'promoted' if summary.promoted else 'kept'}: "
+                                 f"{summary.reason}")
+        finally:
+            worker.close()
+        result.seconds = time.perf_counter() - start
+        return result
+
+    async def _rating_pass(self, k: int, final: bool) -> PassResult:
+        seed = 1_000 * (k + 1) + self.cfg.seed * 100_000
+        if final:
+            self.say(f"final comparison: {self.cfg.final_per_arm} tracks per arm")
+            made = await self.tracks.generate(GUILD, self.cfg.final_per_arm, seed=seed,
+                                              origin=GENERATED)
+            made += await self.tracks.generate(GUILD, self.cfg.final_per_arm,
+                                               seed=seed + 500_000, origin=BASELINE)
+        else:
+            self.say(f"pass {k}: generating {self.cfg.tracks_per_round} tracks")
+            made = await self.tracks.generate_mix(GUILD, self.cfg.tracks_per_round, seed=seed)
+        feats = [self._features(t) for t in made]
+        stars = self.community.rate_tracks(feats, self.rng)
+        heard = self.rng.random(stars.shape) < self.cfg.participation
+        ratings: dict[str, list[float]] = {}
+        play = time.time()
+        for i, (track, f) in enumerate(zip(made, feats, strict=True)):
+            for j, member in enumerate(self.community.members):
+                if not heard[i, j]:
+                    continue
+                await self.feedback.record_vote(track.track_id, member.id, int(stars[i, j]))
+                secs = listen_seconds(member, f, track.duration_s, self.rng)
+                await self.feedback.record_listen(track.track_id, member.id, play + i, 0.0,
+                                                  secs, True)
+                ratings.setdefault(track.origin, []).append(float(stars[i, j]))
+        new_feats = [f for t, f in zip(made, feats, strict=True) if t.origin == GENERATED]
+        vecs = np.stack([f.vector() for f in new_feats])
+        z = (vecs - vecs.mean(0)) / (self._ruler_sd(vecs))
+        version = next(t.model_version for t in made if t.origin == GENERATED)
+        result = PassResult(
+            round=k, version=version, ratings=RoundRatings(round=k, ratings=ratings),
+            expected_new=float(np.mean([self.community.score(f) for f in new_feats])),
+            taste=_taste(new_feats), diversity=diversity(z))
+        new_m, _, _ = mean_ci(ratings.get(GENERATED, []))
+        base_m, _, _ = mean_ci(ratings.get(BASELINE, []))
+        self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars")
+        return result
+
+    def _ruler_sd(self, vecs: np.ndarray) -> np.ndarray:
+        # Diversity is measured in units of the first pass's spread, so passes compare.
+        if not hasattr(self, "_sd"):
+            self._sd = vecs.std(0) + 1e-6
+        return self._sd
+
+    def _features(self, track: GeneratedTrack) -> AudioFeatures:
+        audio = load_audio(track.path, 16000)  # what members hear: the encoded file
+        return extract(audio, 16000)
+
+    async def _uploads(self, k: int) -> None:
+        folder = self.workdir / "incoming"
+        folder.mkdir(parents=True, exist_ok=True)
+        from bot.audio import encode
+
+        for member in self.community.members:
+            if not will_upload(member, self.rng):
+                continue
+            song = make_upload(member, self.rng, seconds=20.0)
+            path = encode(song, 16000, folder / f"song-{k}-{member.id}.mp3", "mp3")
+            await self.uploads.ingest(GUILD, str(member.id), path, f"my song {k}.mp3")
+
+
+def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
+    cfg = result.config
+    lines = [f"# {title}", "",
+             f"{cfg.rounds} rounds, {cfg.members} members, {cfg.tracks_per_round} tracks a "
+             f"round, final comparison {cfg.final_per_arm} tracks per arm; "
+             f"{result.seconds / 60:.1f} min.", "",
+             "| pass | model | new mean [95% CI] | baseline mean [95% CI] | gain vs prev | "
+             "gain vs baseline | p (Mann-Whitney) | expected | centroid Hz | onsets/s | "
+             "register | flatness | loudness dB | diversity | round |",
+             "|" + "---|" * 15]
+    prev = None
+    for p in result.passes:
+        r = p.row()
+
+        def ci(m, lo_hi):
+            if m is None:
+                return "-"
+            lo, hi = lo_hi
+            return f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{m:.2f}"
+
+        gain_prev = "-" if prev is None or r["new_mean"] is None else \
+            f"{r['new_mean'] - prev:+.2f}"
+        gain = "-" if r["gain_over_baseline"] is None else f"{r['gain_over_baseline']:+.2f}"
+        pv = "-" if r["p_value"] is None else f"{r['p_value']:.2g}"
+        promoted = "" if p.promoted is None else ("promoted" if p.promoted else "kept")
+        lines.append(
+            f"| {p.round} | {p.version} | {ci(r['new_mean'], r['new_ci'])} | "
+            f"{ci(r['baseline_mean'], r['baseline_ci'])} | {gain_prev} | {gain} | {pv} | "
+            f"{r['expected_new']:.2f} | {r['centroid_hz']:.0f} | {r['onset_rate']:.2f} | "
+            f"{r['register_midi']:.1f} | {r['flatness']:.3f} | {r['loudness_db']:.1f} | "
+            f"{r['diversity']:.2f} | {promoted} |")
+        prev = r["new_mean"]
+    last = result.passes[-1]
+    gain, p = compare(last.ratings.ratings.get(GENERATED, []),
+                      last.ratings.ratings.get(BASELINE, []))
+    lines += ["", f"Final: new model {gain:+.2f} stars over baseline, Mann-Whitney p = {p:.3g}; "
+              f"diversity {last.diversity / result.passes[0].diversity:.0%} of the base's."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: SimResult, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rating_chart([p.ratings for p in result.passes], out_dir / "simulation.png",
+                 title="Simulated community: mean rating per pass (95% CI)")
+    (out_dir / "simulation.md").write_text(markdown(result))
+    data = result.to_json()
+    (out_dir / "simulation.json").write_text(json.dumps(data, indent=1))
+    return data

@@ -1,0 +1,99 @@
+"""Recording song uploads: the one path for the bot's attachments and `crowdtune upload`.
+
+`bot.uploads` checks, converts and stores the file (blocking; run here in a thread); this
+service records it in the database, one upload per song (sha256 of the original bytes) per
+guild. A song already known is recognised from its hash before any decoding, so a re-upload
+costs one read of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+
+from bot.config import Settings
+from bot.store import Store, UploadRow
+from bot.uploads import DEFAULT_LIMITS, UploadLimits, ingest_upload
+
+log = logging.getLogger(__name__)
+
+# Guild ids name a folder: Discord snowflakes or simple names only, never a path.
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _known_sha256(path: Path, limits: UploadLimits) -> str | None:
+    """The file's sha256 if it can be read within the size limit; None otherwise (then
+    `ingest_upload` runs and gives the member its proper reason)."""
+    try:
+        size = path.stat().st_size
+        if not 0 < size <= limits.max_bytes or not path.is_file():
+            return None
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+class UploadService:
+    def __init__(self, settings: Settings, store: Store,
+                 limits: UploadLimits = DEFAULT_LIMITS) -> None:
+        self.settings = settings
+        self.store = store
+        self.limits = limits
+
+    async def ingest(
+        self, guild_id: str, member_id: int | str, path: str | os.PathLike[str],
+        original_name: str | None = None,
+    ) -> tuple[UploadRow, bool]:
+        """Check, convert, store and record a member's song; returns the upload and whether
+        it is new (False: this guild already had this song, and its first upload is returned).
+
+        Raises `bot.uploads.UploadRejected` (one line for the member) for a file we will not
+        take; then nothing is stored.
+        """
+        guild, member = str(guild_id), str(member_id)
+        if not _ID_RE.match(guild) or not _ID_RE.match(member):
+            raise ValueError(f"invalid guild or member id: {guild!r}, {member!r}")
+        source = Path(path)
+        sha = await asyncio.to_thread(_known_sha256, source, self.limits)
+        if sha is not None:
+            known = await self.store.upload_by_sha(guild, sha)
+            if known is not None and Path(known.file).is_file():
+                log.info("guild %s: upload %r is already known as #%d", guild,
+                         original_name or source.name, known.id)
+                return known, False
+
+        dest = (self.settings.uploads_dir / guild).absolute()
+        ingested = await asyncio.to_thread(ingest_upload, source, dest,
+                                           original_name=original_name, limits=self.limits)
+        try:
+            row, is_new = await self.store.add_upload(
+                guild, member, ingested.sha256, str(ingested.path), ingested.original_name,
+                ingested.format, round(ingested.duration_s, 3))
+        except BaseException:
+            # No file without its row (unless a row for the same song already has it).
+            if await self.store.upload_by_sha(guild, ingested.sha256) is None:
+                with contextlib.suppress(OSError):
+                    ingested.path.unlink()
+            raise
+        if not is_new and Path(row.file) != ingested.path:
+            # The stored name is `<sha256>.wav`, so a duplicate usually rewrote the same file
+            # with the same bytes; elsewhere (the data folder moved) it must not leave a copy,
+            # unless the known file is gone, and then this one takes its place.
+            if Path(row.file).is_file():
+                ingested.path.unlink(missing_ok=True)
+            else:
+                await self.store.set_upload_file(row.id, str(ingested.path))
+                row = dataclasses.replace(row, file=str(ingested.path))
+        log.info("guild %s: upload #%d %r (%s, %.1f s)%s", guild, row.id, row.original_name,
+                 row.format, row.duration_s, "" if is_new else ", already known")
+        return row, is_new

@@ -1,0 +1,154 @@
+"""Offline comparison of a candidate and its champion (run as a child process).
+
+    python -m model.evaluate SPEC.json     -> one JSON line with the metrics and a verdict
+
+Both models generate the same number of clips from the same seeds. What can be measured
+before the community hears anything:
+
+- predicted reward: a ridge regression from audio features to the rewards of the guild's
+  rated tracks (its held-out accuracy is reported; a reward model that predicts nothing is
+  not trusted);
+- distance to what the community liked (high-rated tracks and uploads) in feature space;
+- diversity (mean pairwise feature distance) relative to the champion's, so a model that
+  collapses onto one liked track is not promoted;
+- spectral flatness and loudness against the champion's, so drifting toward noise or
+  silence is not promoted either.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.features import diversity, extract
+from model.finetune import load_audio
+from model.pipeline import CrowdtunePipeline
+
+
+@dataclass
+class EvalSpec:
+    champion_dir: str
+    candidate_dir: str
+    rated: list[dict] = field(default_factory=list)  # {"path", "reward"}
+    liked: list[str] = field(default_factory=list)  # paths
+    clips: int = 24
+    steps: int = 20
+    seed: int = 1234
+    min_reward_corr: float = 0.2
+    min_diversity: float = 0.6
+    max_flatness_ratio: float = 1.5
+    max_loudness_drop_db: float = 6.0
+    threads: int = 2
+
+
+def _generate(model_dir: str, spec: EvalSpec) -> list[np.ndarray]:
+    pipe = CrowdtunePipeline.from_pretrained(model_dir)
+    out = []
+    for start in range(0, spec.clips, 8):
+        res = pipe(batch_size=min(8, spec.clips - start), num_inference_steps=spec.steps,
+                   generator=torch.Generator().manual_seed(spec.seed + start))
+        out += res.audios
+    return out
+
+
+def _features(audios: list[np.ndarray], sr: int) -> tuple[np.ndarray, list]:
+    feats = [extract(a, sr) for a in audios]
+    return np.stack([f.vector() for f in feats]), feats
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 10.0) -> np.ndarray:
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    reg = alpha * np.eye(xb.shape[1])
+    reg[-1, -1] = 0.0  # no penalty on the intercept
+    return np.linalg.solve(xb.T @ xb + reg, xb.T @ y)
+
+
+def predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.hstack([x, np.ones((len(x), 1))]) @ w
+
+
+def held_out_corr(x: np.ndarray, y: np.ndarray, folds: int = 5) -> float:
+    """Correlation between k-fold out-of-fold ridge predictions and the true rewards."""
+    if len(y) < 2 * folds or np.std(y) == 0:
+        return 0.0
+    order = np.random.default_rng(0).permutation(len(y))
+    pred = np.zeros(len(y))
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        pred[test] = predict(fit_ridge(x[train], y[train]), x[test])
+    return float(np.corrcoef(pred, y)[0, 1]) if np.std(pred) > 0 else 0.0
+
+
+def evaluate(spec: EvalSpec) -> dict:
+    torch.set_num_threads(spec.threads)
+    champion = _generate(spec.champion_dir, spec)
+    candidate = _generate(spec.candidate_dir, spec)
+    sr = CrowdtunePipeline.from_pretrained(spec.champion_dir).mel.config.sample_rate
+    xc, fc = _features(champion, sr)
+    xn, fn = _features(candidate, sr)
+    mu, sd = xc.mean(0), xc.std(0) + 1e-6  # the champion's spread is the ruler
+    zc, zn = (xc - mu) / sd, (xn - mu) / sd
+
+    m: dict = {"clips": spec.clips}
+    if spec.rated:
+        xr, _ = _features([load_audio(r["path"], sr) for r in spec.rated], sr)
+        yr = np.array([r["reward"] for r in spec.rated], dtype=float)
+        zr = (xr - mu) / sd
+        w = fit_ridge(zr, yr)
+        m["reward_model_corr"] = held_out_corr(zr, yr)
+        m["pred_reward_champion"] = float(predict(w, zc).mean())
+        m["pred_reward_candidate"] = float(predict(w, zn).mean())
+    if spec.liked:
+        xl, _ = _features([load_audio(p, sr)[: sr * 20] for p in spec.liked], sr)
+        centre = ((xl - mu) / sd).mean(0)
+        m["liked_dist_champion"] = float(np.linalg.norm(zc - centre, axis=1).mean())
+        m["liked_dist_candidate"] = float(np.linalg.norm(zn - centre, axis=1).mean())
+    m["diversity_ratio"] = diversity(zn) / max(diversity(zc), 1e-9)
+    m["flatness_champion"] = float(np.median([f.flatness for f in fc]))
+    m["flatness_candidate"] = float(np.median([f.flatness for f in fn]))
+    m["loudness_champion"] = float(np.median([f.loudness_db for f in fc]))
+    m["loudness_candidate"] = float(np.median([f.loudness_db for f in fn]))
+    m.update(verdict(m, spec))
+    return m
+
+
+def verdict(m: dict, spec: EvalSpec) -> dict:
+    """Promote when the candidate is better by a trusted measure and breaks no guard."""
+    if m["diversity_ratio"] < spec.min_diversity:
+        return {"promote": False, "reason": f"diversity fell to {m['diversity_ratio']:.0%} "
+                                            "of the champion's"}
+    if m["flatness_candidate"] > spec.max_flatness_ratio * m["flatness_champion"] + 0.01:
+        return {"promote": False, "reason": "output drifted toward noise (spectral flatness "
+                f"{m['flatness_candidate']:.3f} vs {m['flatness_champion']:.3f})"}
+    if m["loudness_candidate"] < m["loudness_champion"] - spec.max_loudness_drop_db:
+        return {"promote": False, "reason": "output drifted toward silence (loudness "
+                f"{m['loudness_candidate']:.1f} vs {m['loudness_champion']:.1f} dBFS)"}
+    if m.get("reward_model_corr", 0.0) >= spec.min_reward_corr:
+        gain = m["pred_reward_candidate"] - m["pred_reward_champion"]
+        return {"promote": gain > 0, "reason": f"predicted reward {gain:+.3f} (reward model "
+                f"held-out r={m['reward_model_corr']:.2f})"}
+    if "liked_dist_candidate" in m:
+        closer = m["liked_dist_champion"] - m["liked_dist_candidate"]
+        return {"promote": closer > 0, "reason": f"distance to liked music {-closer:+.3f} "
+                "(reward model not trusted)"}
+    return {"promote": False, "reason": "nothing to measure the candidate by"}
+
+
+def main() -> None:
+    spec = EvalSpec(**json.loads(Path(sys.argv[1]).read_text()))
+    try:
+        print(json.dumps({"event": "done", **evaluate(spec)}), flush=True)
+    except Exception as exc:  # noqa: BLE001 - the parent reads one line
+        print(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}),
+              flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The weekly round end to end on a tiny model: real child processes, real SQLite."""
+
+import os
+import signal
+
+import pytest
+
+from bot.config import Settings
+from bot.feedback import FeedbackService
+from bot.rounds import GuildLock, RoundBusy, RoundService
+from bot.store import Store
+from bot.tracks import TrackService
+from bot.worker import GenerationWorker
+from model.registry import ModelRegistry
+from tests.helpers import make_base
+
+pytestmark = pytest.mark.slow
+GUILD = "g"
+
+
+@pytest.fixture()
+async def env(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", track_seconds=1.0, sampler_steps=3,
+                        finetune_steps=4, finetune_batch_size=4, eval_clips=4,
+                        torch_threads=1, round_min_votes=20, round_min_rated_tracks=8)
+    make_base(settings.models_dir)
+    registry = ModelRegistry(settings.models_dir)
+    worker = GenerationWorker(threads=1)
+    async with await Store.open(settings.db_path) as store:
+        tracks = TrackService(settings, store, registry, worker)
+        yield settings, store, registry, tracks, RoundService(settings, store, registry)
+    worker.close()
+
+
+async def rate(store, tracks, n_tracks: int, members: int, seed: int = 0):
+    made = await tracks.generate(GUILD, n_tracks, seed=seed)
+    fb = FeedbackService(store)
+    for i, t in enumerate(made):
+        for m in range(members):
+            await fb.record_vote(t.track_id, f"m{m}", 1 + (i + m) % 5)
+            await fb.record_listen(t.track_id, f"m{m}", 1000.0 + i, 0.0, t.duration_s * 0.8,
+                                   True)
+    return made
+
+
+async def test_too_little_feedback_skips_and_changes_nothing(env):
+    settings, store, registry, tracks, rounds = env
+    await rate(store, tracks, 3, 2)
+    summary = await rounds.run_round(GUILD)
+    assert summary.status == "skipped"
+    assert "not enough feedback yet: 6 votes on 3 tracks" in summary.reason
+    assert [v.version for v in registry.versions(GUILD)] == ["v0001"]
+    assert (await store.rounds(GUILD))[0].status == "skipped"
+
+
+async def test_round_trains_evaluates_and_records(env):
+    settings, store, registry, tracks, rounds = env
+    await rate(store, tracks, 10, 3)
+    events = []
+    summary = await rounds.run_round(GUILD, events.append)
+    assert summary.status == "succeeded", summary.reason
+    assert summary.candidate_version == "v0002"
+    assert summary.counts["votes"] == 30 and summary.counts["rated_tracks"] == 10
+    assert summary.counts["pairs"] > 0
+    assert registry.active_name(GUILD) == ("v0002" if summary.promoted else "v0001")
+    assert registry.info(GUILD, "v0002").parent == "v0001"
+    assert "eval" in summary.metrics and "promote" in summary.metrics["eval"]
+    assert any(e.get("event") == "step" for e in events)
+    row = (await store.rounds(GUILD))[0]
+    assert row.status == "succeeded" and row.candidate_version == "v0002"
+    assert summary.chart and os.path.getsize(summary.chart) > 1000
+    assert "Round" in summary.text
+    assert not (settings.work_dir / f"round-{row.id}").exists()  # scratch space cleaned
+
+
+async def test_killed_child_fails_the_round_and_the_next_one_works(env):
+    settings, store, registry, tracks, rounds = env
+    await rate(store, tracks, 10, 3)
+
+    def kill_on_data(event):
+        if event.get("event") == "data":  # the child is about to train
+            os.kill(kill_on_data.pid, signal.SIGKILL)
+        if event.get("event") == "started":
+            kill_on_data.pid = event["pid"]
+
+    summary = await rounds.run_round(GUILD, kill_on_data)
+    assert summary.status == "failed"
+    assert "killed by signal 9" in summary.reason
+    assert registry.active_name(GUILD) == "v0001"
+    assert [v.version for v in registry.versions(GUILD)] == ["v0001"]
+    assert registry.verify(GUILD, "v0001") is None
+    assert (await store.rounds(GUILD))[0].status == "failed"
+    again = await rounds.run_round(GUILD)
+    assert again.status == "succeeded" and again.candidate_version == "v0002"
+
+
+async def test_two_rounds_never_run_at_once_and_stale_rows_are_closed(env):
+    settings, store, registry, tracks, rounds = env
+    lock = GuildLock(settings.data_dir / "locks" / f"round-{GUILD}.lock")
+    assert lock.acquire()
+    with pytest.raises(RoundBusy):
+        await rounds.run_round(GUILD)
+    lock.release()
+    # A process that died mid-round left its row 'running'; the next round closes it.
+    await store.ensure_guild(GUILD)
+    stale = await store.start_round(GUILD, parent_version="v0001")
+    await rounds.run_round(GUILD)
+    assert (await store.get_round(stale.id)).status == "failed"
+
+
+async def test_champion_rated_significantly_worse_is_rolled_back(env):
+    settings, store, registry, tracks, rounds = env
+    registry.ensure_guild(GUILD)
+    v2 = registry.add_version(GUILD, registry.version_dir(GUILD, "v0001"), "v0001", "finetune")
+    registry.promote(GUILD, v2.version)
+    new = await tracks.generate(GUILD, 6, seed=1)
+    base = await tracks.generate(GUILD, 6, seed=2, origin="baseline")
+    assert {t.model_version for t in new} == {"v0002"}
+    assert {t.model_version for t in base} == {"v0001"}
+    fb = FeedbackService(store)
+    for m in range(3):
+        for t in new:
+            await fb.record_vote(t.track_id, f"m{m}", 1 + (t.track_id + m) % 2)  # 1-2 stars
+        for t in base:
+            await fb.record_vote(t.track_id, f"m{m}", 4 + (t.track_id + m) % 2)  # 4-5 stars
+    summary = await rounds.run_round(GUILD)
+    assert summary.rolled_back and "v0002 -> v0001" in summary.rolled_back
+    assert registry.active_name(GUILD) == "v0001" or summary.promoted
