@@ -21,7 +21,8 @@ setup: $(BIN)/crowdtune
 
 demo: setup
 	$(BIN)/crowdtune pretrain
-	$(BIN)/crowdtune generate --guild demo -n 4 --out out/demo
+	$(BIN)/crowdtune simulate --quick
+	$(BIN)/crowdtune generate --guild demo -n 2 --out out/demo
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -32,6 +33,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_quality.py
+	$(BIN)/python bench/bench_round.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -75,7 +75,9 @@ def build_parser() -> Parser:
     pre = sub.add_parser("pretrain", help="train the built-in base model on the starter corpus")
     pre.add_argument("--steps", type=positive_int(10**6), help="training steps")
     pre.add_argument("--clips", type=positive_int(10**6), help="corpus clips to synthesise")
-    pre.add_argument("--force", action="store_true", help="retrain even if a base exists")
+    pre.add_argument("--force", action="store_true", help="replace an existing base")
+    pre.add_argument("--train", action="store_true",
+                     help="train from scratch instead of installing the shipped base")
 
     gen = sub.add_parser("generate", help="generate and record tracks with a guild's model")
     gen.add_argument("--guild", required=True, type=guild_arg)
@@ -149,6 +151,14 @@ def build_parser() -> Parser:
     mr = msub.add_parser("rollback", help="make the previous (or a named) version active")
     mr.add_argument("--guild", required=True, type=guild_arg)
     mr.add_argument("--to", help="version to activate, e.g. v0002 (default: the parent)")
+
+    bot_run = sub.add_parser("run", help="start the Discord bot (needs DISCORD_TOKEN)",
+                             description="Connect to Discord and serve every guild the bot "
+                             "is in until stopped (Ctrl-C). Setup: docs/discord-setup.md.")
+    bot_run.add_argument("--sync", action="store_true",
+                         help="register the slash commands with Discord at start (to "
+                         "CROWDTUNE_SYNC_GUILDS, else globally); needed once, and after an "
+                         "update that changes commands")
     return p
 
 
@@ -162,7 +172,13 @@ def progress_bar() -> Progress:
 
 def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
     from model.pipeline import CrowdtunePipeline
-    from model.train import PretrainConfig, TrainConfig, pretrain
+    from model.train import (
+        SHIPPED_BASE,
+        PretrainConfig,
+        TrainConfig,
+        install_shipped_base,
+        pretrain,
+    )
 
     registry = ModelRegistry(settings.models_dir)
     if registry.has_base() and not args.force:
@@ -174,6 +190,11 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
         if settings.base_model != "builtin":
             console.print(f"importing base model {settings.base_model}")
             CrowdtunePipeline.from_pretrained(settings.base_model).save_pretrained(tmp)
+        elif SHIPPED_BASE.is_dir() and not (args.train or args.steps or args.clips):
+            recipe = json.loads((SHIPPED_BASE / "pretrain.json").read_text())["recipe"]
+            console.print(f"installing the shipped base (what `crowdtune pretrain --train "
+                          f"--steps {recipe['train']['steps']}` trains; --train to retrain)")
+            install_shipped_base(tmp)
         else:
             cfg = PretrainConfig(
                 clips=args.clips or settings.pretrain_clips,
@@ -346,7 +367,7 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"rounds": data["rounds"], "diversity": data["diversity"]}))
     else:
-        Console().print(markdown(result))
+        print(markdown(result))
         console.print(f"table, plot and JSON in {args.out}/")
     return 0
 
@@ -380,8 +401,33 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """`crowdtune run`: the bot, with the bot's settings on top of the shared ones."""
+    from bot.bot_settings import load_bot_settings
+    from bot.client import UserFacingError, run_bot
+
+    try:
+        settings = load_bot_settings(args.config, data_dir=args.data_dir)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+    if not args.verbose:  # a long-running service: say what it does
+        for name in ("crowdtune", "bot", "cogs", "discord"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        asyncio.run(run_bot(settings, sync=args.sync))
+    except UserFacingError as exc:
+        raise UserError(str(exc)) from exc
+    except RegistryError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # its notices are not for our users
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -401,6 +447,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_round_run(settings, args))
     if args.command == "simulate":
         return asyncio.run(_simulate(settings, args))
+    if args.command == "run":
+        return cmd_run(args)
     return cmd_model(settings, args)
 
 

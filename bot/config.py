@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     # of a diffusers AudioDiffusionPipeline-format checkpoint.
     base_model: str = "builtin"
     # Pretraining budget of the built-in base (the README's first run must stay under 10 min).
-    pretrain_steps: int = Field(default=1000, ge=1)
+    pretrain_steps: int = Field(default=1500, ge=1)
     pretrain_clips: int = Field(default=1024, ge=16)
     pretrain_seed: int = 0
 

@@ -597,3 +597,129 @@ class Store:
         ) as cur:
             row = await cur.fetchone()
         return _round(row) if row else None
+
+    # --- the bot: guild settings, posted messages, statistics -----------------------------
+
+    async def guild_settings(self, guild_id: str) -> dict[str, Any]:
+        """The guild's settings JSON (what moderators set with /setup and /schedule)."""
+        async with self.db.execute(
+            "SELECT settings FROM guilds WHERE id = ?", (str(guild_id),)
+        ) as cur:
+            row = await cur.fetchone()
+        return json.loads(row["settings"]) if row else {}
+
+    async def update_guild_settings(
+        self, guild_id: str, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge `changes` into the guild's settings (a None value removes a key) in one
+        statement, so two moderators saving at once cannot lose each other's change."""
+        await self.ensure_guild(guild_id)
+        await self.db.execute(
+            "UPDATE guilds SET settings = json_patch(settings, ?) WHERE id = ?",
+            (json.dumps(dict(changes)), str(guild_id)),
+        )
+        await self._commit()
+        return await self.guild_settings(guild_id)
+
+    async def set_track_message(self, track_id: int, channel_id: str, message_id: str) -> None:
+        """Where the track was posted; reactions on that message are votes on it."""
+        await self.db.execute(
+            "UPDATE tracks SET channel_id = ?, message_id = ? WHERE id = ?",
+            (str(channel_id), str(message_id), track_id),
+        )
+        await self._commit()
+
+    async def track_by_message(self, message_id: str) -> Track | None:
+        async with self.db.execute(
+            "SELECT * FROM tracks WHERE message_id = ?", (str(message_id),)
+        ) as cur:
+            row = await cur.fetchone()
+        return Track(**dict(row)) if row else None
+
+    async def posted_tracks(self, guild_id: str, since: float, limit: int = 500) -> list[Track]:
+        """A guild's tracks posted to a channel since `since`, newest first."""
+        async with self.db.execute(
+            "SELECT * FROM tracks WHERE guild_id = ? AND message_id IS NOT NULL "
+            "AND created_at >= ? ORDER BY id DESC LIMIT ?", (str(guild_id), since, limit),
+        ) as cur:
+            return [Track(**dict(r)) for r in await cur.fetchall()]
+
+    async def recent_origins(self, guild_id: str, limit: int = 20) -> list[str]:
+        """Origins of the guild's latest tracks, newest first (to keep the posting mix)."""
+        async with self.db.execute(
+            "SELECT origin FROM tracks WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
+            (str(guild_id), limit),
+        ) as cur:
+            return [r["origin"] for r in await cur.fetchall()]
+
+    async def delete_votes(self, track_id: int, stars: int | None = None) -> int:
+        """Remove a track's votes (only those of `stars`, if given); how many went."""
+        cur = await self.db.execute(
+            "DELETE FROM votes WHERE track_id = ? AND (? IS NULL OR stars = ?)",
+            (track_id, stars, stars),
+        )
+        await self._commit()
+        return cur.rowcount
+
+    async def guild_stats(self, guild_id: str, since: float, top: int = 5) -> GuildStats:
+        """Feedback since `since`: votes, voters, listeners, uploads and the best tracks."""
+        g = str(guild_id)
+        async with self.db.execute(
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT v.member_id) AS members FROM votes v "
+            "JOIN tracks t ON t.id = v.track_id WHERE t.guild_id = ? AND v.updated_at >= ?",
+            (g, since),
+        ) as cur:
+            votes = await cur.fetchone()
+        async with self.db.execute(
+            "SELECT COUNT(DISTINCT l.member_id) AS members, "
+            "COALESCE(SUM(l.end_s - l.start_s), 0) AS seconds FROM listens l "
+            "JOIN tracks t ON t.id = l.track_id WHERE t.guild_id = ? AND l.recorded_at >= ? "
+            "AND l.end_s > l.start_s", (g, since),
+        ) as cur:
+            listens = await cur.fetchone()
+        async with self.db.execute(
+            "SELECT COUNT(*) AS n FROM uploads WHERE guild_id = ? AND created_at >= ?", (g, since)
+        ) as cur:
+            uploads = await cur.fetchone()
+        async with self.db.execute(
+            "SELECT COUNT(*) AS n FROM tracks WHERE guild_id = ? AND created_at >= ?", (g, since)
+        ) as cur:
+            tracks = await cur.fetchone()
+        async with self.db.execute(
+            "SELECT t.id, t.model_version, t.origin, t.channel_id, t.message_id, "
+            "AVG(v.stars) AS mean, COUNT(*) AS n FROM tracks t JOIN votes v ON v.track_id = t.id "
+            "WHERE t.guild_id = ? AND t.created_at >= ? GROUP BY t.id "
+            "ORDER BY mean DESC, n DESC, t.id DESC LIMIT ?", (g, since, top),
+        ) as cur:
+            best = [TopTrack(track_id=r["id"], model_version=r["model_version"],
+                             origin=r["origin"], channel_id=r["channel_id"],
+                             message_id=r["message_id"], mean_stars=float(r["mean"]),
+                             votes=int(r["n"]))
+                    for r in await cur.fetchall()]
+        return GuildStats(votes=votes["n"], voters=votes["members"],
+                          listeners=listens["members"], listened_s=float(listens["seconds"]),
+                          uploads=uploads["n"], tracks=tracks["n"], top=tuple(best))
+
+
+@dataclass(frozen=True)
+class TopTrack:
+    track_id: int
+    model_version: str
+    origin: str
+    channel_id: str | None
+    message_id: str | None
+    mean_stars: float
+    votes: int
+
+
+@dataclass(frozen=True)
+class GuildStats:
+    """What `/stats` shows for a period (listening seconds summed over intervals)."""
+
+    votes: int
+    voters: int
+    listeners: int
+    listened_s: float
+    uploads: int
+    tracks: int
+    top: tuple[TopTrack, ...]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from model.pipeline import CrowdtunePipeline
-from model.train import corpus_images, denoise_target
+from model.train import autocast, corpus_images, denoise_target, loss_weights
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,10 @@ def dpo_loss(unet, ref_unet, scheduler, x_w: torch.Tensor, x_l: torch.Tensor, be
     tt = torch.cat([t, t])
     target = torch.cat([denoise_target(scheduler, x_w, noise, t),
                         denoise_target(scheduler, x_l, noise, t)])
-    err = (unet(x, tt).sample - target).pow(2).mean(dim=(1, 2, 3))
-    with torch.no_grad():
-        ref_err = (ref_unet(x, tt).sample - target).pow(2).mean(dim=(1, 2, 3))
+    with autocast(x.device):
+        err = (unet(x, tt).sample.float() - target).pow(2).mean(dim=(1, 2, 3))
+        with torch.no_grad():
+            ref_err = (ref_unet(x, tt).sample.float() - target).pow(2).mean(dim=(1, 2, 3))
     model_diff = err[:n] - err[n:]
     ref_diff = ref_err[:n] - ref_err[n:]
     return -F.logsigmoid(-0.5 * beta * (model_diff - ref_diff)).mean()
@@ -142,8 +143,10 @@ def finetune(spec: FinetuneSpec, report=print) -> dict:
             x0 = torch.cat([x0, replay[ridx]])
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
-        pred = unet(sched.add_noise(x0, noise, t), t).sample
-        loss = (pred - denoise_target(sched, x0, noise, t)).pow(2).mean()
+        with autocast(x0.device):
+            pred = unet(sched.add_noise(x0, noise, t), t).sample
+        err = (pred.float() - denoise_target(sched, x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        loss = (err * loss_weights(sched, t)).mean()
         if use_dpo:
             pick = torch.randint(len(pairs), (max(2, spec.batch_size // 4),), generator=gen)
             chosen = [pairs[i] for i in pick.tolist()]

@@ -102,3 +102,27 @@ def test_model_list_and_rollback(capsys, data_dir):
     assert reg.active_name("g") == "v0001"
     code, _, err = crowdtune(capsys, "model", "rollback", "--guild", "g")
     assert code == 2 and "nothing to roll back to" in err
+
+
+@pytest.mark.slow
+def test_simulate_runs_the_loop_and_writes_its_outputs(capsys, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_SAMPLER_STEPS", "3")
+    monkeypatch.setenv("CROWDTUNE_EVAL_CLIPS", "4")
+    monkeypatch.setenv("CROWDTUNE_TORCH_THREADS", "1")
+    out = tmp_path / "sim"
+    code, stdout, err = crowdtune(capsys, "simulate", "--rounds", "1", "--tracks", "8",
+                                  "--final", "6", "--members", "3", "--steps", "2", "--out",
+                                  str(out), "--json")
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert [r["round"] for r in data["rounds"]] == [0, 1]
+    keys = {"round", "new_mean", "new_ci", "baseline_mean", "baseline_ci",
+            "gain_over_baseline", "p_value"}
+    assert all(keys <= set(r) for r in data["rounds"])
+    assert data["diversity"]["base"] > 0
+    assert (out / "simulation.png").stat().st_size > 1000
+    assert "| pass | model |" in (out / "simulation.md").read_text()
+    # The simulation used its own data folder: the real guilds' database is untouched.
+    assert not (data_dir / "crowdtune.sqlite3").exists()
+    code, _, err = crowdtune(capsys, "simulate", "--rounds", "0")
+    assert code == 2 and "from 1 to 50" in err

@@ -642,6 +642,9 @@ class RestApi:
         state = self._interaction(m.group("token"), app_id=int(m.group("app")))
         message_id = self._webhook_message_id(state, m.group("message"))
         self._lookup(state, message_id)
+        if message_id == state.original_id:
+            # A deleted "thinking" placeholder is not replaced by the next follow-up.
+            state.original_loading = False
         if state.ephemeral.pop(message_id, None) is None:
             channel_id = self.world.messages.pop(message_id)["channel_id"]
             self.world.reactions.pop(message_id, None)

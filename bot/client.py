@@ -1,0 +1,323 @@
+"""The Discord bot: one `commands.Bot` (or AutoShardedBot) wiring the services to Discord.
+
+`setup_hook` starts the scheduler and loads one cog per feature; the cogs stay thin (parse,
+check permission, call the services, reply). Every app command error goes through one
+handler (`CrowdtuneTree.on_error`) that answers the member privately in one line saying
+what to do. Slash commands are synced only on demand (`crowdtune run --sync`, the owner's
+`@bot sync`, or a moderator's `/sync`), never on every start: Discord rate-limits syncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.bot_settings import BotSettings
+from bot.guild_config import ConfigError, GuildConfig
+from bot.posting import add_vote_reactions, report_content, report_files, track_embed, track_file
+from bot.radio import PlayerFactory, Radio, RadioError, VoicePlayer
+from bot.ratelimit import RateLimited, SlidingWindowLimiter
+from bot.rounds import RoundBusy, RoundSummary
+from bot.scheduler import Clock, GuildScheduler, pick_origin, system_clock
+from bot.services import Services
+from bot.tracks import GeneratedTrack
+from bot.uploads import UploadRejected
+from model.registry import RegistryError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.moderation", "cogs.radio",
+              "cogs.admin")
+GENERIC_ERROR = ("Something went wrong on my side; try again in a minute. If it keeps "
+                 "happening, ask a moderator to check the bot's log.")
+
+
+class UserFacingError(Exception):
+    """A one-line message for the member who ran the command (sent privately)."""
+
+
+class NotModerator(app_commands.CheckFailure):
+    """The member lacks Manage Server and the guild's moderator role."""
+
+
+def make_intents(settings: BotSettings) -> discord.Intents:
+    """Only what the features need: no members or presences (privileged), and message
+    content only when the uploads channel should take posts without a mention."""
+    intents = discord.Intents.none()
+    intents.guilds = True  # channels, roles, the guild list
+    intents.guild_reactions = True  # votes
+    intents.voice_states = True  # listening
+    intents.guild_messages = True  # posts in the uploads channel, `@bot sync`
+    intents.message_content = settings.message_content
+    return intents
+
+
+def is_moderator(member: discord.Member | discord.User, permissions: discord.Permissions,
+                 cfg: GuildConfig) -> bool:
+    """Manage Server (from Discord's own resolution of the member's permissions in this
+    interaction), or the moderator role the guild configured."""
+    if permissions.manage_guild or permissions.administrator:
+        return True
+    roles = getattr(member, "roles", [])
+    return cfg.moderator_role_id is not None and any(
+        r.id == cfg.moderator_role_id for r in roles)
+
+
+def user_message(error: BaseException) -> str | None:
+    """What to tell the member about an error, or None for a bug (logged, generic reply)."""
+    if isinstance(error, NotModerator):
+        return ("Only moderators can use this: it needs the Manage Server permission or the "
+                "moderator role set with /setup.")
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command only works in a server."
+    if isinstance(error, app_commands.BotMissingPermissions):
+        missing = ", ".join(p.replace("_", " ") for p in error.missing_permissions)
+        return f"I am missing permissions here ({missing}); ask a moderator to grant them."
+    if isinstance(error, RateLimited):
+        if error.limit == 0:
+            return "Making tracks on request is turned off in this server."
+        minutes = max(1, round(error.retry_after / 60))
+        return (f"You can make {error.limit} track{'s' if error.limit != 1 else ''} an hour; "
+                f"try again in {minutes} minute{'s' if minutes != 1 else ''}.")
+    if isinstance(error, UserFacingError | RadioError | ConfigError):
+        return str(error)
+    if isinstance(error, UploadRejected):
+        return error.reason
+    if isinstance(error, RoundBusy):
+        return "A round is already running; see /round status for its progress."
+    if isinstance(error, RegistryError):
+        return f"The model is not ready ({error}); ask the bot's operator."
+    if isinstance(error, app_commands.CheckFailure):
+        return "You cannot use this command here."
+    return None
+
+
+async def reply_privately(interaction: discord.Interaction, text: str) -> None:
+    """An ephemeral reply, whatever state the interaction is in. After a public "thinking"
+    defer the placeholder is deleted first, so the error is seen by the member only."""
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        if interaction.extras.get("public_defer"):
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not tell the member about an error: %s", exc)
+
+
+class CrowdtuneTree(app_commands.CommandTree):
+    async def on_error(self, interaction: discord.Interaction,
+                       error: app_commands.AppCommandError) -> None:
+        cause: BaseException = error
+        if isinstance(error, app_commands.CommandInvokeError):
+            cause = error.original
+        text = user_message(cause)
+        command = interaction.command.qualified_name if interaction.command else "?"
+        if text is None:
+            log.error("/%s failed", command, exc_info=cause)
+            text = GENERIC_ERROR
+        else:
+            log.info("/%s refused: %s", command, text)
+        await reply_privately(interaction, text)
+
+
+class CrowdtuneBotMixin:
+    """Everything the bot does; mixed into commands.Bot or commands.AutoShardedBot."""
+
+    settings: BotSettings
+    services: Services
+
+    def __init__(self, settings: BotSettings, services: Services, *,
+                 clock: Clock = system_clock, player_factory: PlayerFactory = VoicePlayer,
+                 sync_commands: bool = False, **options: Any) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=make_intents(settings),
+                         tree_cls=CrowdtuneTree, help_command=None, **options)  # type: ignore[call-arg]
+        self.settings = settings
+        self.services = services
+        self.clock = clock
+        self.radio = Radio(services, player_factory, self.timestamp)
+        self.generate_limiter = SlidingWindowLimiter(3600.0, self.timestamp)
+        self.scheduler = GuildScheduler(services.configs, self._scheduled_round,
+                                        self.post_scheduled, clock)
+        self._sync_on_start = sync_commands
+        self._rounds: dict[str, asyncio.Task[RoundSummary | None]] = {}
+        self.guilds_ready = asyncio.Event()  # every guild's schedule installed (per READY)
+
+    @property
+    def bot(self) -> commands.Bot:
+        return self  # type: ignore[return-value]
+
+    def timestamp(self) -> float:
+        return self.clock().timestamp()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def setup_hook(self) -> None:
+        self.scheduler.start()
+        for name in EXTENSIONS:
+            await self.bot.load_extension(name)
+        if self._sync_on_start:
+            for line in await self.sync_commands():
+                log.info("synced %s", line)
+
+    async def on_ready(self) -> None:
+        user = self.bot.user
+        log.info("logged in as %s (%s) in %d guild(s)", user, user.id if user else "?",
+                 len(self.bot.guilds))
+        self.guilds_ready.clear()
+        for guild in self.bot.guilds:
+            try:
+                await self.setup_guild(guild)
+            except Exception:
+                log.exception("guild %s: setup failed", guild.id)
+        self.guilds_ready.set()
+
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.setup_guild(guild)
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        self.scheduler.remove_guild(guild.id)
+
+    async def setup_guild(self, guild: discord.Guild) -> None:
+        """Record the guild, install its schedule and run a round missed while offline."""
+        await self.services.store.ensure_guild(str(guild.id), guild.name)
+        await self.scheduler.add_guild(guild.id)
+        await self.scheduler.run_due_round(guild.id)
+
+    async def close(self) -> None:
+        await self.radio.shutdown()  # open listening intervals close now
+        self.scheduler.shutdown()
+        for task in self._rounds.values():
+            task.cancel()  # the training child is killed; the next round marks it failed
+        await asyncio.gather(*self._rounds.values(), return_exceptions=True)
+        await super().close()  # type: ignore[misc]
+
+    async def sync_commands(self) -> list[str]:
+        """Register the slash commands with Discord: to each configured guild (instant),
+        else globally. Returns a line per scope."""
+        tree = self.bot.tree
+        ids = self.settings.sync_guild_ids
+        if not ids:
+            return [f"{len(await tree.sync())} commands globally"]
+        out = []
+        for gid in ids:
+            guild = discord.Object(id=gid)
+            tree.copy_global_to(guild=guild)
+            out.append(f"{len(await tree.sync(guild=guild))} commands to guild {gid}")
+        return out
+
+    # --- posting --------------------------------------------------------------------------
+
+    async def music_channel(self, guild_id: int | str) -> discord.TextChannel | None:
+        cfg = await self.services.configs.get(guild_id)
+        if cfg.music_channel_id is None:
+            return None
+        channel = self.bot.get_channel(cfg.music_channel_id)
+        return channel if isinstance(channel, discord.TextChannel) else None
+
+    async def attach_track(self, message: discord.Message, track: GeneratedTrack) -> None:
+        """Make reactions on `message` votes on `track`, and add the bot's 1-5."""
+        await self.services.store.set_track_message(track.track_id, str(message.channel.id),
+                                                    str(message.id))
+        self.services.ratings.remember(message.id, track.track_id)
+        await add_vote_reactions(message)
+
+    async def post_track(self, channel: discord.abc.Messageable, track: GeneratedTrack
+                         ) -> discord.Message:
+        message = await channel.send(embed=track_embed(track), file=track_file(track))
+        await self.attach_track(message, track)
+        return message
+
+    async def post_scheduled(self, guild_id: str) -> discord.Message | None:
+        """A scheduled post: one track in the generation mix, to the music channel."""
+        channel = await self.music_channel(guild_id)
+        if channel is None:
+            log.info("guild %s: no music channel set (/setup); scheduled post skipped",
+                     guild_id)
+            return None
+        s, store = self.settings, self.services.store
+        origin = pick_origin(await store.recent_origins(guild_id), s.baseline_share,
+                             s.upload_seeded_share, bool(await store.uploads(guild_id)))
+        (track,) = await self.services.tracks.generate(guild_id, 1, origin=origin)
+        return await self.post_track(channel, track)
+
+    # --- rounds ---------------------------------------------------------------------------
+
+    def round_task(self, guild_id: str) -> asyncio.Task[RoundSummary | None] | None:
+        task = self._rounds.get(str(guild_id))
+        return task if task is not None and not task.done() else None
+
+    def start_round(self, guild_id: int | str) -> asyncio.Task[RoundSummary | None]:
+        """Run the guild's round in the background and post its report; `RoundBusy` if one
+        is running (the round service's file lock also guards other processes)."""
+        gid = str(guild_id)
+        if self.round_task(gid) is not None:
+            raise RoundBusy(f"a round for guild {gid} is already running")
+        task = asyncio.create_task(self._round(gid), name=f"round-{gid}")
+        self._rounds[gid] = task
+        return task
+
+    async def _scheduled_round(self, guild_id: str) -> None:
+        try:
+            self.start_round(guild_id)
+        except RoundBusy:
+            log.info("guild %s: scheduled round not started: one is already running", guild_id)
+
+    async def _round(self, guild_id: str) -> RoundSummary | None:
+        try:
+            summary = await self.services.rounds.run_round(guild_id)
+        except RoundBusy as exc:
+            log.info("guild %s: %s", guild_id, exc)
+            return None
+        except Exception:
+            log.exception("guild %s: the round crashed", guild_id)
+            return None
+        log.info("guild %s: round %s %s: %s", guild_id, summary.round_id, summary.status,
+                 summary.reason)
+        await self.post_round_report(guild_id, summary)
+        return summary
+
+    async def post_round_report(self, guild_id: str, summary: RoundSummary) -> None:
+        channel = await self.music_channel(guild_id)
+        if channel is None:
+            log.info("guild %s: no music channel set; round report not posted", guild_id)
+            return
+        try:
+            await channel.send(report_content(summary), files=report_files(summary))
+        except discord.HTTPException as exc:
+            log.warning("guild %s: could not post the round report: %s", guild_id, exc)
+
+
+class CrowdtuneBot(CrowdtuneBotMixin, commands.Bot):
+    pass
+
+
+class ShardedCrowdtuneBot(CrowdtuneBotMixin, commands.AutoShardedBot):
+    pass
+
+
+def create_bot(settings: BotSettings, services: Services, **kwargs: Any) -> CrowdtuneBot:
+    """The bot class the settings ask for (AutoShardedBot with `auto_shard`)."""
+    cls = ShardedCrowdtuneBot if settings.auto_shard else CrowdtuneBot
+    return cls(settings, services, **kwargs)  # type: ignore[return-value]
+
+
+async def run_bot(settings: BotSettings, *, sync: bool = False) -> None:
+    """`crowdtune run`: the services, the bot, until it is stopped."""
+    if settings.discord_token is None or not settings.discord_token.get_secret_value():
+        raise UserFacingError("DISCORD_TOKEN is not set (see docs/discord-setup.md)")
+    services = await Services.open(settings)
+    try:
+        bot = create_bot(settings, services, sync_commands=sync)
+        async with bot:
+            await bot.start(settings.discord_token.get_secret_value())
+    finally:
+        await services.close()

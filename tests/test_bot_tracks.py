@@ -1,0 +1,108 @@
+"""Tracks end to end: /generate and scheduled posts through the emulator and discord.py."""
+
+from __future__ import annotations
+
+import re
+
+from bot.client import make_intents
+from tests.bot_support import STARS, bot_env, content, ephemeral, generated
+from tests.fakediscord import FakeDiscord
+
+
+async def test_bot_logs_in_with_its_intents_and_syncs_commands(fake_discord: FakeDiscord,
+                                                               tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path) as env:
+        identify = next(f for f in emu.gateway.received if f["op"] == 2)
+        assert identify["d"]["intents"] == make_intents(env.bot.settings).value
+        put = emu.calls("PUT", rf"/applications/{emu.ids.app}/guilds/{emu.ids.guild}/commands")
+        assert len(put) == 1  # synced once, on request (sync_commands=True), to the guild
+        names = {c["name"] for c in put[0].json}
+        assert names == {"generate", "upload", "setup", "round", "model", "stats", "schedule",
+                         "sync", "radio"}
+        mod_only = {c["name"] for c in put[0].json if c.get("default_member_permissions")}
+        assert mod_only == {"setup", "round", "model", "stats", "schedule", "sync"}
+        assert not emu.calls("PUT", rf"/applications/{emu.ids.app}/commands")  # not global
+
+
+async def test_generate_posts_a_track_with_embed_attachment_and_vote_reactions(
+        fake_discord: FakeDiscord, tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path) as env:
+        payload = await env.command("generate", user_id=emu.ids.bob)
+        defer = await env.reply(payload)
+        assert defer.json["type"] == 5  # deferred at once, publicly ("thinking")
+        follow = await env.reply(payload, count=2, timeout=30)
+        [embed] = follow.body["embeds"]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        track_id = int(re.fullmatch(r"Track #(\d+)", embed["title"]).group(1))
+        assert fields == {"Model": "v0001", "Origin": "current model",
+                          "Duration": fields["Duration"]}
+        assert re.fullmatch(r"1\.0 s", fields["Duration"])
+        [audio] = follow.files
+        assert audio.filename == f"crowdtune-{track_id}.ogg" and audio.data[:4] == b"OggS"
+
+        # The follow-up became the interaction's message in the channel; the bot reacted.
+        state = emu.interaction(payload["token"])
+        message_id = state.original_id
+        for emoji in STARS:
+            await emu.wait_for_call(
+                "PUT", rf"/channels/\d+/messages/{message_id}/reactions/{emoji}/@me")
+        assert [r["emoji"]["name"] for r in emu.message(message_id)["reactions"]] == list(STARS)
+        track = await env.services.store.get_track(track_id)
+        assert track is not None and track.message_id == str(message_id)
+        assert track.channel_id == str(emu.ids.text_channel)
+        assert track.model_version == "v0001" and track.origin == "generated"
+
+
+async def test_generate_is_rate_limited_per_member(fake_discord: FakeDiscord, tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path, generate_per_hour=2) as env:
+        for _ in range(2):
+            await generated(env, await env.command("generate", user_id=emu.ids.carol))
+        refused = await env.command("generate", user_id=emu.ids.carol)
+        reply = await env.reply(refused)
+        assert reply.json["type"] == 4 and ephemeral(reply)
+        assert content(reply) == "You can make 2 tracks an hour; try again in 60 minutes."
+        # Another member is not affected; an hour later carol may again.
+        other = await env.command("generate", user_id=emu.ids.bob)
+        assert (await env.reply(other)).json["type"] == 5
+        await generated(env, other)
+        env.clock.advance(hours=1, seconds=1)
+        again = await env.command("generate", user_id=emu.ids.carol)
+        assert (await env.reply(again)).json["type"] == 5
+        await generated(env, again)
+
+
+async def test_generate_without_a_model_answers_privately(fake_discord: FakeDiscord,
+                                                          tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path, base=False) as env:
+        payload = await env.command("generate", user_id=emu.ids.bob)
+        follow = await env.reply(payload, count=2)
+        assert ephemeral(follow)
+        assert "no base model yet: run `crowdtune pretrain` first" in content(follow)
+        # The public "thinking" placeholder is gone: nothing is left in the channel.
+        await emu.wait_for_call("DELETE", r"/webhooks/\d+/.+/messages/@original")
+        assert emu.channel_messages() == []
+        # A failure on our side does not use up the member's quota.
+        assert not env.bot.generate_limiter._uses[(str(emu.ids.guild), emu.ids.bob)]
+
+
+async def test_scheduled_post_goes_to_the_music_channel_in_the_mix(fake_discord: FakeDiscord,
+                                                                   tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path) as env:
+        job = env.bot.scheduler.aps.get_job(f"post:{emu.ids.guild}")
+        assert job is not None and str(job.trigger.fields[5]) == "9,14,18"  # 3 a day
+        origins = []
+        for _ in range(4):
+            message = await env.bot.post_scheduled(str(emu.ids.guild))
+            assert message is not None and message.channel.id == emu.ids.text_channel
+            track = await env.services.store.track_by_message(str(message.id))
+            origins.append(track.origin)
+            [audio] = emu.calls("POST", rf"/channels/{emu.ids.text_channel}/messages")[-1].files
+            assert audio.filename == f"crowdtune-{track.id}.ogg"
+        # A quarter of the posts come from the baseline model (measured against).
+        assert sorted(origins) == ["baseline", "generated", "generated", "generated"]
+        await emu.wait_for_call("PUT", r"/channels/\d+/messages/\d+/reactions/5️⃣/@me", count=4)

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+import model.train as train
+from bot.cli import main
+from model.pipeline import CrowdtunePipeline
+from tests.helpers import make_base
+
+
+def crowdtune(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return int(exc.value.code), *capsys.readouterr()
+
+
+@pytest.fixture()
+def shipped(tmp_path, monkeypatch):
+    base = make_base(tmp_path / "trained")
+    (base / "pretrain.json").write_text(json.dumps({"recipe": {"train": {"steps": 7}}}))
+    out = tmp_path / "shipped"
+    train.ship_base(base, out)
+    monkeypatch.setattr(train, "SHIPPED_BASE", out)
+    return base, out
+
+
+def test_shipped_base_is_half_size_and_installs_in_full_precision(shipped, tmp_path):
+    base, out = shipped
+    size = lambda d: sum(p.stat().st_size for p in d.rglob("*.safetensors"))  # noqa: E731
+    assert size(out) < 0.6 * size(base)
+    train.install_shipped_base(tmp_path / "installed", out)
+    original = CrowdtunePipeline.from_pretrained(base).unet.state_dict()
+    installed = CrowdtunePipeline.from_pretrained(tmp_path / "installed").unet.state_dict()
+    for k, v in original.items():
+        assert installed[k].dtype == torch.float32
+        assert torch.allclose(installed[k], v.half().float())
+
+
+def test_pretrain_installs_the_shipped_base_once(capsys, shipped, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = crowdtune(capsys, "pretrain")
+    assert code == 0, err
+    assert "installing the shipped base" in err and "--steps 7" in err
+    assert (tmp_path / "data" / "models" / "base" / "model_index.json").is_file()
+    code, _, err = crowdtune(capsys, "pretrain")
+    assert code == 0 and "already at" in err
+
+
+@pytest.mark.slow
+def test_pretrain_trains_the_builtin_model_from_scratch(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = crowdtune(capsys, "pretrain", "--train", "--steps", "2", "--clips", "16")
+    assert code == 0, err
+    base = tmp_path / "data" / "models" / "base"
+    report = json.loads((base / "pretrain.json").read_text())
+    assert report["recipe"]["train"]["steps"] == 2 and report["corpus_clips"] == 16
+    pipe = CrowdtunePipeline.from_pretrained(base)
+    assert pipe.patch == (8, 4) and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert not [p for p in (tmp_path / "data" / "models").iterdir() if p.name.startswith(".")]
