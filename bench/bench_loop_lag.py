@@ -1,6 +1,6 @@
 """Event-loop lag of the running bot while a track is generated and while a round trains.
 
-    python bench/bench_loop_lag.py [--model data/models/base] [--seconds 20] [--steps 30]
+    python bench/bench_loop_lag.py [--model DIR] [--seconds 20] [--steps 30] [--sampler-steps 10]
 
 The real bot (discord.py client against the local Discord emulator, the generation worker
 process, the round's training and evaluation child processes) runs with a 10 ms ticker on
@@ -77,7 +77,8 @@ async def run(args: argparse.Namespace) -> None:
         gid = str(emu.ids.guild)
         settings = BotSettings(
             _env_file=None, data_dir=tmp, sync_guilds=gid, track_seconds=args.seconds,
-            finetune_steps=args.steps, finetune_batch_size=8, eval_clips=8,
+            sampler_steps=args.sampler_steps, finetune_steps=args.steps,
+            finetune_batch_size=8, eval_clips=4,
             round_min_votes=16, round_min_rated_tracks=8)
         services = await Services.open(settings)
         await services.configs.update(gid, music_channel_id=emu.ids.text_channel)
@@ -94,15 +95,22 @@ async def run(args: argparse.Namespace) -> None:
                 for label in ("/generate (worker start + load)", "/generate (warm)"):
                     t0 = time.perf_counter()
                     payload = await emu.slash_command("generate", user_id=emu.ids.bob)
-                    await emu.wait_for_call("POST", rf"/webhooks/\d+/{re.escape(payload['token'])}",
-                                            timeout=1200)
+                    token = re.escape(payload["token"])
+                    await emu.wait_for_call("POST", rf"/webhooks/\d+/{token}", timeout=1200)
                     phases.append((label, t0, time.perf_counter()))
 
-                # Feedback for a round: eight short tracks, two votes each.
-                made = await services.tracks.generate(gid, 8, seconds=5.0)
-                for i, track in enumerate(made):
+                # Feedback for a round: eight rated tracks (copies of the generated audio:
+                # what is measured is the loop while training runs, not what it learns).
+                store = services.store
+                [first] = await store.tracks(gid, limit=1)
+                assert first.file is not None
+                for i in range(8):
+                    copy = Path(first.file).with_name(f"copy-{i}.ogg")
+                    shutil.copy(first.file, copy)
+                    track_id = await store.add_track(gid, first.model_version, "generated",
+                                                     first.duration_s, i, str(copy))
                     for member in ("m1", "m2"):
-                        await services.feedback.record_vote(track.track_id, member,
+                        await services.feedback.record_vote(track_id, member,
                                                             1 + (i + len(member)) % 5)
                 t0 = time.perf_counter()
                 summary = await bot.start_round(gid)
@@ -129,8 +137,13 @@ def main() -> None:
     ap.add_argument("--model", default="data/models/base", help="a pipeline folder")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of /generate's track")
     ap.add_argument("--steps", type=int, default=30, help="the round's training steps")
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run(ap.parse_args()))
+    ap.add_argument("--sampler-steps", type=int, default=10,
+                    help="sampler steps of /generate and of the round's evaluation")
+    ap.add_argument("-v", "--verbose", action="store_true", help="the bot's log")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -80,14 +80,19 @@ class GuildScheduler:
         self.clock = clock
         self.aps = AsyncIOScheduler(timezone=UTC)
         self._due_lock = asyncio.Lock()
+        self._stopping = False
 
     def start(self) -> None:
         """Start on the running event loop (the bot's `setup_hook`)."""
         if not self.aps.running:
+            self._stopping = False
             self.aps.start()
 
     def shutdown(self) -> None:
-        if self.aps.running:
+        # AsyncIOScheduler stops on the loop's next turn; a second call before then would
+        # fail there, so the flag, not `aps.running`, says whether to ask.
+        if self.aps.running and not self._stopping:
+            self._stopping = True
             self.aps.shutdown(wait=False)
 
     async def add_guild(self, guild_id: int | str, *, schedule_changed: bool = False

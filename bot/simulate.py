@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bot.audio import encode
 from bot.community import Community, listen_seconds, make_upload, will_upload
 from bot.config import Settings
 from bot.feedback import FeedbackService
@@ -147,7 +148,7 @@ class Simulation:
         })
         self.rng = np.random.default_rng(cfg.seed)
         self.community = Community(seed=cfg.seed, n_members=cfg.members)
-        self._feats: dict[int, AudioFeatures] = {}
+        self._sd: np.ndarray | None = None  # the first pass's feature spread
 
     async def run(self, base_dir: Path) -> SimResult:
         start = time.perf_counter()
@@ -212,7 +213,9 @@ class Simulation:
                 ratings.setdefault(track.origin, []).append(float(stars[i, j]))
         new_feats = [f for t, f in zip(made, feats, strict=True) if t.origin == GENERATED]
         vecs = np.stack([f.vector() for f in new_feats])
-        z = (vecs - vecs.mean(0)) / (self._ruler_sd(vecs))
+        if self._sd is None:  # diversity in units of the first pass's spread: passes compare
+            self._sd = vecs.std(0) + 1e-6
+        z = (vecs - vecs.mean(0)) / self._sd
         version = next(t.model_version for t in made if t.origin == GENERATED)
         result = PassResult(
             round=k, version=version, ratings=RoundRatings(round=k, ratings=ratings),
@@ -223,12 +226,6 @@ class Simulation:
         self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars")
         return result
 
-    def _ruler_sd(self, vecs: np.ndarray) -> np.ndarray:
-        # Diversity is measured in units of the first pass's spread, so passes compare.
-        if not hasattr(self, "_sd"):
-            self._sd = vecs.std(0) + 1e-6
-        return self._sd
-
     def _features(self, track: GeneratedTrack) -> AudioFeatures:
         audio = load_audio(track.path, 16000)  # what members hear: the encoded file
         return extract(audio, 16000)
@@ -236,8 +233,6 @@ class Simulation:
     async def _uploads(self, k: int) -> None:
         folder = self.workdir / "incoming"
         folder.mkdir(parents=True, exist_ok=True)
-        from bot.audio import encode
-
         for member in self.community.members:
             if not will_upload(member, self.rng):
                 continue

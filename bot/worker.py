@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,9 @@ class GenerationWorker:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            # Spawned children read the environment at start: passive OpenMP waiting keeps
+            # generation and a round's training from spinning against each other on 2 cores.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker, initargs=(self.threads,),

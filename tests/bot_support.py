@@ -18,6 +18,7 @@ from bot.bot_settings import BotSettings
 from bot.client import CrowdtuneBot, create_bot
 from bot.radio import After
 from bot.services import Services
+from bot.store import ListenTotal
 from bot.worker import GenerationJob, GenerationWorker, run_job
 from tests.fakediscord import (
     FAST_GUILD_READY_TIMEOUT,
@@ -163,6 +164,21 @@ async def react(env: BotEnv, message_id: int, emoji: str, user_id: int, *,
 
 async def votes(env: BotEnv, track_id: int) -> dict[int, int]:
     return {int(v.member_id): v.stars for v in await env.services.store.votes(track_id)}
+
+
+async def voice(env: BotEnv, user_id: int, channel_id: int | None, **flags: bool) -> None:
+    """A member's voice state changes; returns once the listening it closed is stored."""
+    waiter = await expect_event(env.bot, "voice_state_update",
+                                check=lambda m, b, a: m.id == user_id)
+    await env.emu.voice_update(user_id, channel_id, **flags)
+    await waiter
+    await asyncio.sleep(0)
+    await env.bot.radio.flush()
+
+
+async def totals(env: BotEnv, track_id: int) -> dict[int, tuple[float, bool]]:
+    rows: list[ListenTotal] = await env.services.store.listen_totals([track_id])
+    return {int(r.member_id): (round(r.listened_s, 3), r.present_at_start) for r in rows}
 
 
 async def configure(env: BotEnv, **changes: Any) -> None:

@@ -8,24 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.store import ListenTotal
-from tests.bot_support import BotEnv, bot_env, configure, content, ephemeral
+from tests.bot_support import bot_env, configure, content, ephemeral, totals, voice
 from tests.fakediscord import FakeDiscord, expect_event
-
-
-async def voice(env: BotEnv, user_id: int, channel_id: int | None, **flags: bool) -> None:
-    """A member's voice state changes; returns once the listening it closed is stored."""
-    waiter = await expect_event(env.bot, "voice_state_update",
-                                check=lambda m, b, a: m.id == user_id)
-    await env.emu.voice_update(user_id, channel_id, **flags)
-    await waiter
-    await asyncio.sleep(0)
-    await env.bot.radio.flush()
-
-
-async def totals(env: BotEnv, track_id: int) -> dict[int, tuple[float, bool]]:
-    rows: list[ListenTotal] = await env.services.store.listen_totals([track_id])
-    return {int(r.member_id): (round(r.listened_s, 3), r.present_at_start) for r in rows}
 
 
 async def test_listening_session_gives_the_right_seconds(fake_discord: FakeDiscord,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
-from bot.client import make_intents
+import pytest
+
+from bot.cli import main
+from bot.client import ShardedCrowdtuneBot, make_intents
 from tests.bot_support import STARS, bot_env, content, ephemeral, generated
 from tests.fakediscord import FakeDiscord
 
@@ -106,3 +109,22 @@ async def test_scheduled_post_goes_to_the_music_channel_in_the_mix(fake_discord:
         # A quarter of the posts come from the baseline model (measured against).
         assert sorted(origins) == ["baseline", "generated", "generated", "generated"]
         await emu.wait_for_call("PUT", r"/channels/\d+/messages/\d+/reactions/5️⃣/@me", count=4)
+
+
+async def test_auto_sharded_bot_when_configured(fake_discord: FakeDiscord, tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path, base=False, auto_shard=True) as env:
+        assert isinstance(env.bot, ShardedCrowdtuneBot) and env.bot.shard_count == 1
+        assert emu.calls("GET", "/gateway/bot")
+        assert env.bot.get_cog("Ratings") is not None
+
+
+def test_run_without_a_token_says_what_to_do(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["--data-dir", str(tmp_path), "run"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == ("crowdtune: error: DISCORD_TOKEN is not set (see "
+                                       "docs/discord-setup.md)\n")
+    assert not (tmp_path / "crowdtune.sqlite3").exists()  # nothing opened

@@ -10,9 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from bot import rounds
-from tests.bot_support import STARS, FakeClock, bot_env, react, votes
+from tests.bot_support import STARS, FakeClock, bot_env, react, voice, votes
 from tests.fakediscord import FakeDiscord
-from tests.test_bot_radio import voice
 
 pytestmark = pytest.mark.slow
 # Sunday 12:00 UTC: the default weekly round is Sunday 18:00 UTC.
