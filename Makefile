@@ -34,6 +34,8 @@ bench: setup
 	$(BIN)/python bench/bench_generate.py
 	$(BIN)/python bench/bench_quality.py
 	$(BIN)/python bench/bench_round.py
+	$(BIN)/python bench/bench_gateway.py
+	$(BIN)/python bench/bench_loop_lag.py
 
 clean:
 	rm -rf out .pytest_cache

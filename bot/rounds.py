@@ -35,6 +35,7 @@ from bot.report import RoundRatings, compare, rating_chart, summary_text
 from bot.rewards import Listen, RewardSettings, Vote, preference_pairs, track_rewards
 from bot.rewards import training_weights as reward_weights
 from bot.store import RoundConflict, Store, TrackFeedback
+from bot.tracks import mel_file
 from model.evaluate import EvalSpec
 from model.finetune import FinetuneSpec
 from model.registry import ModelRegistry, VersionInfo
@@ -165,8 +166,14 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     rated.sort(key=lambda r: r.reward, reverse=True)
     keep = rated[: max(1, round(len(rated) * settings.round_top_fraction))]
     weights = reward_weights([r.reward for r in keep], rewards_cfg)
-    items = [{"key": f"track:{r.track_id}", "path": files[r.track_id], "weight": float(w)}
-             for r, w in zip(keep, weights, strict=True)]
+    guild = feedback[0].track.guild_id if feedback else ""
+    items = []
+    for r, w in zip(keep, weights, strict=True):
+        item = {"key": f"track:{r.track_id}", "path": files[r.track_id], "weight": float(w)}
+        mel = mel_file(settings, guild, r.track_id)
+        if mel.is_file():
+            item["mel"] = str(mel)
+        items.append(item)
     items += [{"key": f"upload:{u.id}", "path": u.file, "weight": rewards_cfg.upload_reward}
               for u in uploads]
     pairs = [[f"track:{p.preferred}", f"track:{p.rejected}"]

@@ -9,6 +9,8 @@ import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bot.audio import encode
 from bot.config import Settings
 from bot.store import ModelVersionRow, Store
@@ -29,6 +31,12 @@ class GeneratedTrack:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def mel_file(settings: Settings, guild: str, track_id: int) -> Path:
+    """Where a generated track's mel windows are kept: fine-tuning learns from exactly what
+    the model made, not from the decoded-and-re-encoded audio (which adds codec artifacts)."""
+    return settings.tracks_dir / guild / "mels" / f"track-{track_id:06d}.npy"
 
 
 def version_row(info: VersionInfo) -> ModelVersionRow:
@@ -86,10 +94,14 @@ class TrackService:
         job = GenerationJob(model_dir=str(self.registry.version_dir(guild, info.version)),
                             seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps,
                             seed_audio=seed_audio)
-        audios, sr = await self.worker.run(job)
+        audios, sr, mels = await self.worker.run(job)
         made = []
-        for audio, s in zip(audios, seeds, strict=True):
-            made.append(await self._save(guild, info.version, origin, audio, sr, s, out_dir))
+        for audio, mel, s in zip(audios, mels, seeds, strict=True):
+            track = await self._save(guild, info.version, origin, audio, sr, s, out_dir)
+            path = mel_file(self.settings, guild, track.track_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(np.save, path, mel)
+            made.append(track)
         return made
 
     async def generate_mix(

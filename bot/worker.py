@@ -45,7 +45,7 @@ def _load(model_dir: str):
     return _pipelines[key]
 
 
-def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int]:
+def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
     """Generate the job's tracks (runs in the worker, or inline in tests and the CLI)."""
     import torch
     from pydub import AudioSegment
@@ -60,12 +60,13 @@ def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int]:
             wav = np.array(seg.get_array_of_samples(), dtype=np.float32) / 32768.0
             lats.append(pipe.invert(wav, steps=job.steps, max_windows=2))
         seed_latents = torch.cat(lats)
-    audios = []
+    audios, mels = [], []
     for seed in job.seeds:
         out = pipe(num_inference_steps=job.steps, seconds=job.seconds,
                    generator=torch.Generator().manual_seed(seed), seed_latents=seed_latents)
         audios.append(out.audios[0])
-    return audios, pipe.mel.config.sample_rate
+        mels.append(out.mels[0].astype(np.float16))
+    return audios, pipe.mel.config.sample_rate, mels
 
 
 class GenerationWorker:
@@ -84,7 +85,7 @@ class GenerationWorker:
             )
         return self._pool
 
-    async def run(self, job: GenerationJob) -> tuple[list[np.ndarray], int]:
+    async def run(self, job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), run_job, job)
 

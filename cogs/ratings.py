@@ -57,11 +57,17 @@ class Ratings(commands.Cog):
                         for i, q in enumerate(self._shards)]
 
     async def cog_unload(self) -> None:
-        for task in [*self._tasks, self._reconciling]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Shutdown: votes already received are written before the workers stop."""
+        if self._reconciling is not None:
+            self._reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciling
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drain(), 10.0)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def drain(self) -> None:
         """Wait until every queued event is in the database (tests, benchmarks)."""

@@ -40,7 +40,8 @@ class EvalSpec:
     steps: int = 20
     seed: int = 1234
     min_reward_corr: float = 0.2
-    min_diversity: float = 0.6
+    # Per round, on a few clips (noisy): a focused candidate may lose some spread, not half.
+    min_diversity: float = 0.5
     max_flatness_ratio: float = 1.5
     max_loudness_drop_db: float = 6.0
     threads: int = 2

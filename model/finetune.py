@@ -80,7 +80,11 @@ def item_images(pipe: CrowdtunePipeline, items: list[dict], per_item: int
     sr = pipe.mel.config.sample_rate
     images, weights, index, count = [], [], {}, 0
     for it in items:
-        wins = pipe.mel.encode_windows(torch.from_numpy(load_audio(it["path"], sr)))[:per_item]
+        if it.get("mel"):  # the model's own output, exactly as generated
+            wins = torch.from_numpy(np.load(it["mel"]).astype(np.float32))[:per_item]
+        else:  # uploads (and tracks whose mel is gone): encode the audio
+            wins = pipe.mel.encode_windows(torch.from_numpy(load_audio(it["path"], sr)))
+            wins = wins[:per_item]
         index[it["key"]] = list(range(count, count + len(wins)))
         count += len(wins)
         images.append(wins)

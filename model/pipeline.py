@@ -16,6 +16,7 @@ interpolations between a few anchors (as Riffusion does), crossfaded. The paper'
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -50,6 +51,9 @@ class CheckpointError(Exception):
 class TrackAudio:
     audios: list[np.ndarray]  # mono float32 waveforms in [-1, 1]
     sample_rate: int
+    # Per track, the generated mel windows (n_windows, 1, y_res, x_res): what fine-tuning
+    # learns from, since re-encoding the decoded audio would add the codec's artifacts.
+    mels: list[np.ndarray] | None = None
 
 
 def patchify(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
@@ -168,7 +172,9 @@ class CrowdtunePipeline(DiffusionPipeline):
         wav = torch.from_numpy(np.asarray(audio, dtype=np.float32))
         images = self.mel.encode_windows(wav)[:max_windows].to(self.device, self.unet.dtype)
         x = self.images_to_latents(images)
-        inverse = DDIMInverseScheduler.from_config(self._sampler_config())
+        accepted = inspect.signature(DDIMInverseScheduler.__init__).parameters
+        config = {k: v for k, v in self._sampler_config().items() if k in accepted}
+        inverse = DDIMInverseScheduler.from_config(config)
         inverse.set_timesteps(steps)
         for t in inverse.timesteps:
             eps = self.unet(x, t).sample
@@ -234,7 +240,8 @@ class CrowdtunePipeline(DiffusionPipeline):
             if seconds:
                 track = track[: int(seconds * sr)]
             audios.append(track.astype(np.float32))
-        return TrackAudio(audios=audios, sample_rate=sr)
+        mels = [images[b * n_win:(b + 1) * n_win].numpy() for b in range(batch_size)]
+        return TrackAudio(audios=audios, sample_rate=sr, mels=mels)
 
     # --- persistence ----------------------------------------------------------------------
 
