@@ -48,17 +48,15 @@ def _load(model_dir: str):
 def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
     """Generate the job's tracks (runs in the worker, or inline in tests and the CLI)."""
     import torch
-    from pydub import AudioSegment
+
+    from model.finetune import load_audio
 
     pipe = _load(job.model_dir)
     seed_latents = None
     if job.seed_audio:
         sr = pipe.mel.config.sample_rate
-        lats = []
-        for path in job.seed_audio:
-            seg = AudioSegment.from_file(path).set_channels(1).set_frame_rate(sr)
-            wav = np.array(seg.get_array_of_samples(), dtype=np.float32) / 32768.0
-            lats.append(pipe.invert(wav, steps=job.steps, max_windows=2))
+        lats = [pipe.invert(load_audio(path, sr), steps=job.steps, max_windows=2)
+                for path in job.seed_audio]
         seed_latents = torch.cat(lats)
     audios, mels = [], []
     for seed in job.seeds:

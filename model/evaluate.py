@@ -47,14 +47,14 @@ class EvalSpec:
     threads: int = 2
 
 
-def _generate(model_dir: str, spec: EvalSpec) -> list[np.ndarray]:
+def _generate(model_dir: str, spec: EvalSpec) -> tuple[list[np.ndarray], int]:
     pipe = CrowdtunePipeline.from_pretrained(model_dir)
     out = []
     for start in range(0, spec.clips, 8):
         res = pipe(batch_size=min(8, spec.clips - start), num_inference_steps=spec.steps,
                    generator=torch.Generator().manual_seed(spec.seed + start))
         out += res.audios
-    return out
+    return out, pipe.mel.config.sample_rate
 
 
 def _features(audios: list[np.ndarray], sr: int) -> tuple[np.ndarray, list]:
@@ -88,9 +88,8 @@ def held_out_corr(x: np.ndarray, y: np.ndarray, folds: int = 5) -> float:
 
 def evaluate(spec: EvalSpec) -> dict:
     torch.set_num_threads(spec.threads)
-    champion = _generate(spec.champion_dir, spec)
-    candidate = _generate(spec.candidate_dir, spec)
-    sr = CrowdtunePipeline.from_pretrained(spec.champion_dir).mel.config.sample_rate
+    champion, sr = _generate(spec.champion_dir, spec)
+    candidate, _ = _generate(spec.candidate_dir, spec)
     xc, fc = _features(champion, sr)
     xn, fn = _features(candidate, sr)
     mu, sd = xc.mean(0), xc.std(0) + 1e-6  # the champion's spread is the ruler
