@@ -4,7 +4,8 @@
 
 Setup (not timed): a scratch data folder with the base model, `--tracks` generated tracks
 rated and listened to by a simulated community of 12, and `--uploads` 30-second songs
-uploaded through the real ingest path. Then `RoundService.run_round` is timed: training set,
+uploaded through the real ingest path, and the corpus pool that `crowdtune pretrain` builds
+once (its time is printed apart). Then `RoundService.run_round` is timed: training set,
 fine-tuning child, evaluation child, promotion, report. Peak memory is the largest resident
 set of this process and of its children (the training and evaluation processes).
 """
@@ -30,6 +31,8 @@ from bot.store import Store
 from bot.tracks import TrackService
 from bot.upload_service import UploadService
 from bot.worker import GenerationWorker
+from model.codec import MelConfig
+from model.corpus_pool import load_pool
 from model.features import extract
 from model.finetune import load_audio
 from model.registry import ModelRegistry
@@ -48,6 +51,10 @@ async def main() -> None:
     settings = load_settings(data_dir=scratch, track_seconds=a.seconds)
     registry = ModelRegistry(settings.models_dir)
     shutil.copytree(a.base, registry.base_dir)
+    t0 = time.perf_counter()
+    load_pool(settings.finetune_replay_clips, mel=MelConfig.load(registry.base_dir / "mel"),
+              cache_dir=settings.cache_dir)
+    pool_s = time.perf_counter() - t0
     worker = GenerationWorker(settings.torch_threads)
     rng = np.random.default_rng(0)
     community = Community(seed=0)
@@ -83,6 +90,7 @@ async def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"{'corpus pool (once, untimed)':<28} {pool_s:.0f} s")
     print(f"{'round status':<28} {summary.status} ({summary.reason})")
     print(f"{'counts':<28} {summary.counts}")
     print(f"{'wall time':<28} {wall:.0f} s ({wall / 60:.1f} min)")

@@ -133,7 +133,7 @@ def build_parser() -> Parser:
                      "on 2 cores)")
     sim.add_argument("--ablation", action="store_true",
                      help="run and tabulate: no fine-tuning, ratings only, listen time only, "
-                     "both, both + uploads")
+                     "both, both + uploads, and the paper's plain reward-weighted method")
     sim.add_argument("--rounds", type=positive_int(50))
     sim.add_argument("--tracks", type=positive_int(10_000), help="tracks rated a round")
     sim.add_argument("--final", type=positive_int(10_000), help="tracks per arm at the end")
@@ -184,6 +184,7 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
     registry = ModelRegistry(settings.models_dir)
     if registry.has_base() and not args.force:
         console.print(f"base model already at {registry.base_dir} (use --force to retrain)")
+        _ensure_pool(settings, registry.base_dir)
         return 0
     registry.root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=registry.root, prefix=".base."))
@@ -214,7 +215,21 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     console.print(f"base model saved to {registry.base_dir}")
+    _ensure_pool(settings, registry.base_dir)
     return 0
+
+
+def _ensure_pool(settings: Settings, base_dir: Path) -> None:
+    """Build (once) the corpus pool that fine-tuning rehearses, so no round waits for it."""
+    from model.codec import MelConfig
+    from model.corpus_pool import load_pool
+
+    if (base_dir / "vqvae").is_dir() or settings.finetune_replay_clips == 0:
+        return  # latent models fine-tune without corpus replay
+    with console.status(f"preparing the fine-tuning corpus pool "
+                        f"({settings.finetune_replay_clips} clips, once)"):
+        load_pool(settings.finetune_replay_clips, mel=MelConfig.load(base_dir / "mel"),
+                  cache_dir=settings.cache_dir)
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -355,12 +370,16 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
                                                  if name else ""))
         results[name] = (result, data)
     if args.ablation:
-        rows = {name: data["rounds"][-1] for name, (_, data) in results.items()}
+        rows = {name: {**data["rounds"][-1], "diversity_vs_base":
+                       data["diversity"]["final_vs_base"]} for name, (_, data) in results.items()}
         summary = {"ablation": rows}
-        lines = ["| variant | final new mean | baseline mean | gain | p |", "|---|---|---|---|---|"]
+        lines = ["| variant | final new mean | baseline mean | gain | p | diversity vs base | "
+                 "flatness | loudness dB |", "|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             lines.append(f"| {name} | {r['new_mean']} | {r['baseline_mean']} | "
-                         f"{r['gain_over_baseline']} | {r['p_value']} |")
+                         f"{r['gain_over_baseline']} | {r['p_value']} | "
+                         f"{r['diversity_vs_base']:.0%} | {r['flatness']} | "
+                         f"{r['loudness_db']} |")
         (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
         print(json.dumps(summary) if args.json else "\n".join(lines))
         return 0

@@ -90,7 +90,7 @@ def round_stats(r: RoundRatings) -> dict:
         "baseline_mean": _json_float(base_m),
         "baseline_ci": [_json_float(base_lo), _json_float(base_hi)],
         "gain_over_baseline": _json_float(gain),
-        "p_value": _json_float(p),
+        "p_value": None if math.isnan(p) else float(f"{p:.3g}"),  # tiny p must not round to 0
     }
 
 

@@ -169,13 +169,14 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     guild = feedback[0].track.guild_id if feedback else ""
     items = []
     for r, w in zip(keep, weights, strict=True):
-        item = {"key": f"track:{r.track_id}", "path": files[r.track_id], "weight": float(w)}
+        item = {"key": f"track:{r.track_id}", "path": files[r.track_id], "weight": float(w),
+                "kind": "track"}
         mel = mel_file(settings, guild, r.track_id)
         if mel.is_file():
             item["mel"] = str(mel)
         items.append(item)
-    items += [{"key": f"upload:{u.id}", "path": u.file, "weight": rewards_cfg.upload_reward}
-              for u in uploads]
+    items += [{"key": f"upload:{u.id}", "path": u.file, "weight": rewards_cfg.upload_reward,
+               "kind": "upload"} for u in uploads]
     pairs = [[f"track:{p.preferred}", f"track:{p.rejected}"]
              for p in preference_pairs(votes, rewards_cfg)
              if p.preferred in files and p.rejected in files]
@@ -183,8 +184,10 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     counts = {"tracks": len(feedback), "rated_tracks": len(rated), "votes": len(votes),
               "listens": sum(1 for li in listens if li.present_at_start),
               "uploads": len(uploads), "train_tracks": len(keep), "pairs": len(pairs)}
-    return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts,
-                       rated=[{"path": files[r.track_id], "reward": r.reward} for r in rated])
+    # The reward model's data: every rated track, and the uploads as positives.
+    rated_rows = [{"path": files[r.track_id], "reward": r.reward} for r in rated]
+    rated_rows += [{"path": u.file, "reward": rewards_cfg.upload_reward} for u in uploads]
+    return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows)
 
 
 def round_ratings(feedback: list[TrackFeedback], round_starts: list[float]) -> list[RoundRatings]:
@@ -277,9 +280,14 @@ class RoundService:
         parent_dir = self.registry.version_dir(guild, champion.version)
         spec = FinetuneSpec(
             parent_dir=str(parent_dir), out_dir=str(work / "candidate"), items=data.items,
-            pairs=data.pairs, steps=s.finetune_steps, batch_size=s.finetune_batch_size,
-            lr=s.finetune_lr, replay_share=s.finetune_replay_share, dpo_beta=s.dpo_beta,
-            dpo_weight=s.dpo_weight, dpo_min_pairs=s.dpo_min_pairs,
+            pairs=data.pairs, rated=data.rated, steps=s.finetune_steps,
+            batch_size=s.finetune_batch_size, lr=s.finetune_lr,
+            track_share=s.finetune_track_share, upload_share=s.finetune_upload_share,
+            replay_clips=s.finetune_replay_clips, pool_cache=str(s.cache_dir),
+            guide_top=s.finetune_guide_top, guide_temp=s.finetune_guide_temperature,
+            guide_min_corr=s.finetune_guide_min_corr,
+            reward_model_out=str(work / "reward_model.json"),
+            dpo_beta=s.dpo_beta, dpo_weight=s.dpo_weight, dpo_min_pairs=s.dpo_min_pairs,
             seed=summary.round_id or 0, threads=s.torch_threads,
         )
         spec.save(work / "finetune.json")
@@ -292,7 +300,8 @@ class RoundService:
         summary.candidate_version = info.version
         ev = EvalSpec(champion_dir=str(parent_dir),
                       candidate_dir=str(self.registry.version_dir(guild, info.version)),
-                      rated=data.rated, liked=data.liked, clips=s.eval_clips,
+                      rated=data.rated, reward_model=str(work / "reward_model.json"),
+                      liked=data.liked, clips=s.eval_clips,
                       steps=s.sampler_steps, threads=s.torch_threads)
         (work / "evaluate.json").write_text(json.dumps(asdict(ev)))
         verdict = await run_child("model.evaluate", work / "evaluate.json",

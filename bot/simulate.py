@@ -66,11 +66,12 @@ class SimConfig:
     fine_tune: bool = True
     use_stars: bool = True
     use_listening: bool = True
+    settings: dict = field(default_factory=dict)  # overrides of Settings, for ablations
 
     @classmethod
     def quick(cls, **kw: object) -> SimConfig:
-        return replace(cls(rounds=3, tracks_per_round=48, final_per_arm=64,
-                           finetune_steps=120, eval_clips=16), **kw)
+        return replace(cls(rounds=3, tracks_per_round=48, final_per_arm=48,
+                           finetune_steps=120, eval_clips=12), **kw)
 
 
 ABLATIONS: dict[str, dict] = {
@@ -79,6 +80,11 @@ ABLATIONS: dict[str, dict] = {
     "listen time only": {"use_stars": False, "uploads": False},
     "ratings + listening": {"uploads": False},
     "ratings + listening + uploads": {},
+    # The paper's plain method, for comparison: reward-weighted denoising on the best-rated
+    # tracks with a uniform corpus replay (no reward-model guidance), uploads as data.
+    "plain reward-weighted (paper)": {"settings": {
+        "finetune_track_share": 0.65, "finetune_upload_share": 0.1,
+        "finetune_guide_min_corr": 1.1}},
 }
 
 
@@ -139,12 +145,14 @@ class Simulation:
         # Its own data folder: the simulation never touches a real guild's data.
         self.settings = settings.model_copy(update={
             "data_dir": workdir / "data", "track_seconds": cfg.track_seconds,
+            "pool_cache_dir": settings.cache_dir,  # shared: built once by `pretrain`
             "finetune_steps": cfg.finetune_steps, "eval_clips": cfg.eval_clips,
             "upload_seeded_share": 0.25 if cfg.uploads else 0.0,
             "reward": {**settings.reward,
                        **({} if cfg.use_stars else {"star_weight": 0.0}),
                        **({} if cfg.use_listening else {"listen_weight": 0.0})},
             "dpo_weight": settings.dpo_weight if cfg.use_stars else 0.0,
+            **cfg.settings,
         })
         self.rng = np.random.default_rng(cfg.seed)
         self.community = Community(seed=cfg.seed, n_members=cfg.members)

@@ -5,9 +5,9 @@
 Both models generate the same number of clips from the same seeds. What can be measured
 before the community hears anything:
 
-- predicted reward: a ridge regression from audio features to the rewards of the guild's
-  rated tracks (its held-out accuracy is reported; a reward model that predicts nothing is
-  not trusted);
+- predicted reward: the guild's reward model (model/reward_model.py, the same one that
+  guides fine-tuning) on both models' clips; its held-out accuracy is reported, and a reward
+  model that predicts nothing is not trusted;
 - distance to what the community liked (high-rated tracks and uploads) in feature space;
 - diversity (mean pairwise feature distance) relative to the champion's, so a model that
   collapses onto one liked track is not promoted;
@@ -26,15 +26,17 @@ import numpy as np
 import torch
 
 from model.features import diversity, extract
-from model.finetune import load_audio
+from model.finetune import load_audio, reward_rows
 from model.pipeline import CrowdtunePipeline
+from model.reward_model import RewardModel, reward_vector
 
 
 @dataclass
 class EvalSpec:
     champion_dir: str
     candidate_dir: str
-    rated: list[dict] = field(default_factory=list)  # {"path", "reward"}
+    rated: list[dict] = field(default_factory=list)  # {"path", "reward"}, uploads included
+    reward_model: str | None = None  # the fine-tune's fitted reward model, if it saved one
     liked: list[str] = field(default_factory=list)  # paths
     clips: int = 24
     steps: int = 20
@@ -62,28 +64,8 @@ def _features(audios: list[np.ndarray], sr: int) -> tuple[np.ndarray, list]:
     return np.stack([f.vector() for f in feats]), feats
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 10.0) -> np.ndarray:
-    xb = np.hstack([x, np.ones((len(x), 1))])
-    reg = alpha * np.eye(xb.shape[1])
-    reg[-1, -1] = 0.0  # no penalty on the intercept
-    return np.linalg.solve(xb.T @ xb + reg, xb.T @ y)
-
-
-def predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.hstack([x, np.ones((len(x), 1))]) @ w
-
-
-def held_out_corr(x: np.ndarray, y: np.ndarray, folds: int = 5) -> float:
-    """Correlation between k-fold out-of-fold ridge predictions and the true rewards."""
-    if len(y) < 2 * folds or np.std(y) == 0:
-        return 0.0
-    order = np.random.default_rng(0).permutation(len(y))
-    pred = np.zeros(len(y))
-    for k in range(folds):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        pred[test] = predict(fit_ridge(x[train], y[train]), x[test])
-    return float(np.corrcoef(pred, y)[0, 1]) if np.std(pred) > 0 else 0.0
+def _reward_vectors(feats: list) -> np.ndarray:
+    return np.stack([reward_vector(f) for f in feats])
 
 
 def evaluate(spec: EvalSpec) -> dict:
@@ -96,14 +78,16 @@ def evaluate(spec: EvalSpec) -> dict:
     zc, zn = (xc - mu) / sd, (xn - mu) / sd
 
     m: dict = {"clips": spec.clips}
-    if spec.rated:
-        xr, _ = _features([load_audio(r["path"], sr) for r in spec.rated], sr)
-        yr = np.array([r["reward"] for r in spec.rated], dtype=float)
-        zr = (xr - mu) / sd
-        w = fit_ridge(zr, yr)
-        m["reward_model_corr"] = held_out_corr(zr, yr)
-        m["pred_reward_champion"] = float(predict(w, zc).mean())
-        m["pred_reward_candidate"] = float(predict(w, zn).mean())
+    model = None
+    if spec.reward_model and Path(spec.reward_model).is_file():
+        model = RewardModel.load(Path(spec.reward_model))
+    elif len(spec.rated) >= 4:
+        x, y, groups = reward_rows(spec.rated, sr)
+        model = RewardModel.fit(x, y, groups=groups)
+    if model is not None:
+        m["reward_model_corr"] = model.corr
+        m["pred_reward_champion"] = float(model.predict(_reward_vectors(fc)).mean())
+        m["pred_reward_candidate"] = float(model.predict(_reward_vectors(fn)).mean())
     if spec.liked:
         xl, _ = _features([load_audio(p, sr)[: sr * 20] for p in spec.liked], sr)
         centre = ((xl - mu) / sd).mean(0)

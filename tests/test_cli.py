@@ -126,3 +126,31 @@ def test_simulate_runs_the_loop_and_writes_its_outputs(capsys, data_dir, tmp_pat
     assert not (data_dir / "crowdtune.sqlite3").exists()
     code, _, err = crowdtune(capsys, "simulate", "--rounds", "0")
     assert code == 2 and "from 1 to 50" in err
+
+
+def test_every_ablation_changes_only_real_settings(tmp_path):
+    from bot.config import Settings
+    from bot.simulate import ABLATIONS, SimConfig, Simulation
+
+    base = Settings(data_dir=tmp_path / "data")
+    seen = set()
+    for name, change in ABLATIONS.items():
+        cfg = SimConfig(**{**SimConfig.quick().__dict__, **change})
+        sim = Simulation(base, cfg, tmp_path / name)
+        assert set(cfg.settings) <= set(Settings.model_fields), name
+        Settings.model_validate(sim.settings.model_dump())  # every value is valid
+        seen.add((sim.settings.finetune_track_share, sim.settings.reward.get("star_weight"),
+                  sim.settings.reward.get("listen_weight"), cfg.fine_tune, cfg.uploads))
+    assert len(seen) == len(ABLATIONS)  # no two variants run the same experiment
+
+
+def test_env_example_documents_every_setting():
+    from pathlib import Path
+
+    from bot.config import Settings
+
+    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    for name, f in Settings.model_fields.items():
+        key = f.validation_alias if isinstance(f.validation_alias, str) else \
+            f"CROWDTUNE_{name.upper()}"
+        assert key in text, f"{key} is not in .env.example"

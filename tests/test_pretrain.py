@@ -39,17 +39,23 @@ def test_shipped_base_is_half_size_and_installs_in_full_precision(shipped, tmp_p
 
 def test_pretrain_installs_the_shipped_base_once(capsys, shipped, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CROWDTUNE_FINETUNE_REPLAY_CLIPS", "16")
     code, _, err = crowdtune(capsys, "pretrain")
     assert code == 0, err
     assert "installing the shipped base" in err and "--steps 7" in err
     assert (tmp_path / "data" / "models" / "base" / "model_index.json").is_file()
+    # The corpus pool that fine-tuning rehearses is built once, with the base.
+    (pool,) = (tmp_path / "data" / "cache").glob("pool-16-*.npz")
+    built = pool.stat().st_mtime_ns
     code, _, err = crowdtune(capsys, "pretrain")
     assert code == 0 and "already at" in err
+    assert pool.stat().st_mtime_ns == built
 
 
 @pytest.mark.slow
 def test_pretrain_trains_the_builtin_model_from_scratch(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CROWDTUNE_FINETUNE_REPLAY_CLIPS", "8")
     code, _, err = crowdtune(capsys, "pretrain", "--train", "--steps", "2", "--clips", "16")
     assert code == 0, err
     base = tmp_path / "data" / "models" / "base"
