@@ -257,7 +257,7 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
              f"{result.seconds / 60:.1f} min.", "",
              "| pass | model | new mean [95% CI] | baseline mean [95% CI] | gain vs prev | "
              "gain vs baseline | p (Mann-Whitney) | expected | centroid Hz | onsets/s | "
-             "register | flatness | loudness dB | diversity | round |",
+             "register | flatness | loudness dB | diversity | next round |",
              "|" + "---|" * 15]
     prev = None
     for p in result.passes:
