@@ -50,13 +50,14 @@ def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]
     import torch
 
     from model.finetune import load_audio
+    from model.pipeline import SEED_STRENGTH
 
     pipe = _load(job.model_dir)
     seed_latents = None
     if job.seed_audio:
         sr = pipe.mel.config.sample_rate
-        lats = [pipe.invert(load_audio(path, sr), steps=job.steps, max_windows=2)
-                for path in job.seed_audio]
+        lats = [pipe.invert(load_audio(path, sr), steps=job.steps, max_windows=4,
+                            strength=SEED_STRENGTH) for path in job.seed_audio]
         seed_latents = torch.cat(lats)
     audios, mels = [], []
     for seed in job.seeds:
