@@ -9,8 +9,9 @@ Two pure pieces, no discord and no database:
 - `ListenTracker`: a state machine the voice cog drives with voice-state changes. It opens an
   interval when a member starts listening during a track, closes it when they stop, when the
   track ends or when the bot leaves, and hands the closed `ListenInterval`s back for the
-  caller to persist. It also remembers who was listening when each track started, which the
-  rewards need (only those members' listen fraction says anything about the track).
+  caller to persist (`open_so_far` hands out the open ones too, for periodic saving). It
+  also remembers who was listening when each track started, which the rewards need (only
+  those members' listen fraction says anything about the track).
 
 Time is any float clock (e.g. `time.time()`); every method takes `at`, so tests use a fake one.
 """
@@ -184,6 +185,16 @@ class ListenTracker:
         """
         state = self._guilds.pop(guild_id, None)
         return self._close_open(state, at) if state else []
+
+    def open_so_far(self, guild_id: int, at: float) -> list[ListenInterval]:
+        """The guild's open intervals as they stand at `at`, left open. Saved periodically,
+        so a hard crash loses at most the time since (the stored interval is extended, not
+        repeated, when it closes later)."""
+        state = self._guilds.get(guild_id)
+        if state is None or state.play is None:
+            return []
+        return [iv for m in sorted(state.open)
+                for iv in self._interval(state.play, m, state.open[m], at)]
 
     def close_all(self, at: float) -> list[ListenInterval]:
         """Shutdown or restart: every open interval in every guild closes at `at`."""

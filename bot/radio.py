@@ -5,7 +5,8 @@ FFmpegOpusAudio; tests use a fake, since the emulator has no voice server). List
 from voice state updates, fed by the radio cog into a `ListenTracker`: a member in the bot's
 channel and not deafened is listening. Closed intervals are written at once through
 `FeedbackService.record_play`; the ones still open close when the track ends, when the bot
-leaves (`/radio stop`, being disconnected) and at shutdown.
+leaves (`/radio stop`, being disconnected) and at shutdown, and are saved as they stand every
+`checkpoint_s` while a track plays, so a hard crash loses at most that much listening.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 After = Callable[[Exception | None], None]
 RECENT_TRACKS = 50  # the radio cycles through the guild's latest tracks
+CHECKPOINT_S = 15.0  # open listening is saved this often (real seconds)
 
 
 class RadioError(Exception):
@@ -108,8 +110,9 @@ def _listens(state: discord.VoiceState) -> bool:
 
 class Radio:
     def __init__(self, services: Services, player_factory: PlayerFactory,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], checkpoint_s: float = CHECKPOINT_S) -> None:
         self.services = services
+        self.checkpoint_s = checkpoint_s
         self.player_factory = player_factory
         self.clock = clock
         self.tracker = ListenTracker()
@@ -280,7 +283,11 @@ class Radio:
                 # Presence at the start is a signal even for a member who leaves at once.
                 await self.services.feedback.record_play(play, [])
                 await session.player.play(track.file, after)
-                await ended.wait()
+                while not ended.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ended.wait(), self.checkpoint_s)
+                    if not ended.is_set():
+                        self._persist(play, self.tracker.open_so_far(guild.id, self.clock()))
                 self._persist(play, self.tracker.track_ended(guild.id, self.clock(), track.id))
                 session.played.add(track.id)
                 session.current = None

@@ -143,3 +143,51 @@ async def test_bot_moved_or_disconnected_by_a_moderator(fake_discord: FakeDiscor
         await env.bot.radio.flush()
         assert env.bot.radio.channel_of(ids.guild) is None
         assert await totals(env, track) == {ids.alice: (2.0, True), ids.bob: (3.0, False)}
+
+
+async def _until(check, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_open_listening_is_saved_while_playing_and_survives_a_crash(
+        fake_discord: FakeDiscord, tmp_path) -> None:
+    emu = fake_discord
+    ids = emu.ids
+    async with bot_env(emu, tmp_path, track_seconds=20.0) as env:
+        env.bot.radio.checkpoint_s = 0.05  # real seconds; 15 by default
+        message = await env.bot.post_scheduled(str(ids.guild))
+        track = (await env.services.store.track_by_message(str(message.id))).id
+        await voice(env, ids.alice, ids.voice_channel)
+        await voice(env, ids.bob, ids.voice_channel)
+        payload = await env.command("radio", [{"name": "start", "type": 1, "options": []}],
+                                    user_id=ids.alice)
+        await env.reply(payload, count=2)
+        await asyncio.wait_for(env.players.by_guild[ids.guild].played.get(), 10)
+
+        env.clock.advance(seconds=7)  # both still listening: saved as they stand
+        expected = {ids.alice: (7.0, True), ids.bob: (7.0, True)}
+        await _until(lambda: _totals_are(env, track, expected))
+        env.clock.advance(seconds=2)
+        await voice(env, ids.bob, None)  # closes at 9 s: the saved interval is extended
+        env.clock.advance(seconds=3)
+        expected = {ids.alice: (12.0, True), ids.bob: (9.0, True)}
+        await _until(lambda: _totals_are(env, track, expected))
+
+        async def crash() -> None:  # no clean shutdown: open intervals are never closed
+            for session in env.bot.radio.sessions.values():
+                session.task.cancel()
+
+        env.bot.radio.shutdown = crash
+        env.bot.radio.checkpoint_s = 3600.0
+        await asyncio.sleep(0.2)  # the save in flight ends; the next is an hour away
+        env.clock.advance(seconds=5)  # listening after the last save is what a crash loses
+    async with bot_env(emu, tmp_path, track_seconds=20.0) as env:
+        assert await totals(env, track) == {ids.alice: (12.0, True), ids.bob: (9.0, True)}
+
+
+async def _totals_are(env, track: int, expected: dict) -> bool:
+    return await totals(env, track) == expected

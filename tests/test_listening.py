@@ -240,3 +240,16 @@ def test_tracker_output_feeds_union() -> None:
     closed += t.track_ended(G, at=40.0)
     stored = closed + closed  # persisted twice (a retried write)
     assert listened_seconds(stored, 7, track_start=0.0, duration_s=40.0) == {A: 30.0, C: 5.0}
+
+
+def test_open_so_far_reports_without_closing() -> None:
+    t = ListenTracker()
+    assert t.open_so_far(G, at=5.0) == []  # no track
+    t.track_started(G, 7, 30.0, at=100.0, listeners_present=[A])
+    t.member_update(G, B, True, at=104.0)
+    assert t.open_so_far(G, at=110.0) == [iv(7, A, 100, 110), iv(7, B, 104, 110)]
+    assert t.open_so_far(G, at=140.0) == [iv(7, A, 100, 130), iv(7, B, 104, 130)]
+    # still open: closing later gives the same starts, so the stored rows are extended
+    assert t.member_update(G, B, False, at=112.0) == [iv(7, B, 104, 112)]
+    assert t.track_ended(G, at=120.0) == [iv(7, A, 100, 120)]
+    assert t.open_so_far(G, at=121.0) == []
