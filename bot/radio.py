@@ -1,7 +1,8 @@
 """The radio: the bot plays the guild's tracks in a voice channel and measures listening.
 
 Audio goes through a `Player` (the real one is discord.py's voice client with
-FFmpegOpusAudio; tests use a fake, since the emulator has no voice server). Listening comes
+FFmpegOpusAudio; the bot tests use a fake, since the emulator has no voice server, and
+tests/test_voice_playback.py plays real files through it up to the packets). Listening comes
 from voice state updates, fed by the radio cog into a `ListenTracker`: a member in the bot's
 channel and not deafened is listening. Closed intervals are written at once through
 `FeedbackService.record_play`; the ones still open close when the track ends, when the bot
