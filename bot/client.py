@@ -14,6 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -319,5 +320,14 @@ async def run_bot(settings: BotSettings, *, sync: bool = False) -> None:
         bot = create_bot(settings, services, sync_commands=sync)
         async with bot:
             await bot.start(settings.discord_token.get_secret_value())
+    except discord.LoginFailure as exc:
+        raise UserFacingError("Discord rejected DISCORD_TOKEN: copy the token again from the "
+                              "Bot page of the Developer Portal (docs/discord-setup.md)") from exc
+    except discord.PrivilegedIntentsRequired as exc:
+        raise UserFacingError("CROWDTUNE_MESSAGE_CONTENT=true needs the Message Content "
+                              "intent: enable it on the Bot page of the Developer Portal, or "
+                              "set it to false") from exc
+    except (aiohttp.ClientConnectionError, discord.GatewayNotFound) as exc:
+        raise UserFacingError(f"cannot reach Discord ({exc}): check the network") from exc
     finally:
         await services.close()

@@ -7,9 +7,10 @@ import re
 import pytest
 
 from bot.cli import main
-from bot.client import ShardedCrowdtuneBot, make_intents
-from tests.bot_support import STARS, bot_env, content, ephemeral, generated
+from bot.client import ShardedCrowdtuneBot, UserFacingError, make_intents, run_bot
+from tests.bot_support import STARS, bot_env, content, ephemeral, generated, tiny_settings
 from tests.fakediscord import FakeDiscord
+from tests.fakediscord.patching import redirect_discord
 
 
 async def test_bot_logs_in_with_its_intents_and_syncs_commands(fake_discord: FakeDiscord,
@@ -128,3 +129,25 @@ def test_run_without_a_token_says_what_to_do(tmp_path, monkeypatch, capsys) -> N
     assert capsys.readouterr().err == ("crowdtune: error: DISCORD_TOKEN is not set (see "
                                        "docs/discord-setup.md)\n")
     assert not (tmp_path / "crowdtune.sqlite3").exists()  # nothing opened
+
+
+async def test_run_with_a_wrong_token_says_so_in_one_line(fake_discord: FakeDiscord,
+                                                          tmp_path) -> None:
+    settings = tiny_settings(tmp_path, fake_discord, discord_token="not.the.token")
+    with pytest.raises(UserFacingError) as failed:
+        await run_bot(settings)
+    assert str(failed.value) == ("Discord rejected DISCORD_TOKEN: copy the token again from the "
+                                 "Bot page of the Developer Portal (docs/discord-setup.md)")
+
+
+def test_run_when_discord_is_unreachable_says_so_in_one_line(tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCORD_TOKEN", "some.token")
+    with redirect_discord("http://127.0.0.1:9/api/v10", "ws://127.0.0.1:9/"), \
+            pytest.raises(SystemExit) as exited:  # nothing listens on port 9
+        main(["--data-dir", str(tmp_path), "run"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crowdtune: error: cannot reach Discord (") and err.count("\n") == 1
+    assert err.endswith("): check the network\n")
