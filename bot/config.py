@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     finetune_guide_temperature: float = Field(default=0.5, gt=0)
     # Below this held-out correlation the reward model is not trusted: replay is uniform.
     finetune_guide_min_corr: float = Field(default=0.2, le=1.1)
+    # The reward model learns from the ratings of this many past days, not only the week
+    # since the last round: taste outlives a week, and each round's tracks cover less of it.
+    # 0: only the round's own window.
+    reward_history_days: float = Field(default=56.0, ge=0)
     # Diffusion-DPO on preference pairs; off by default: at weight 0.5 (beta 2000) one round
     # from the shipped base cost -0.41 stars against -0.19 without (same data, measured).
     dpo_weight: float = Field(default=0.0, ge=0)

@@ -8,7 +8,9 @@
          the guild goes back to the champion's parent first
       3. the training set: rewards from the window's votes and listens (bot/rewards.py), the
          best-rewarded tracks weighted by reward, the guild's uploads as positives, preference
-         pairs for Diffusion-DPO; too little feedback -> the round is skipped, nothing changes
+         pairs for Diffusion-DPO, and the reward model's data (every track rated in the last
+         `reward_history_days`, uploads as positives): it picks the corpus clips the model
+         rehearses; too little feedback -> the round is skipped, nothing changes
       4. fine-tuning in a child process (model/finetune.py): a crash or kill leaves the
          champion active and marks the round failed
       5. the candidate is kept as a new version, evaluated offline against the champion in
@@ -32,7 +34,14 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.report import RoundRatings, compare, rating_chart, summary_text
-from bot.rewards import Listen, RewardSettings, Vote, preference_pairs, track_rewards
+from bot.rewards import (
+    Listen,
+    RewardSettings,
+    TrackReward,
+    Vote,
+    preference_pairs,
+    track_rewards,
+)
 from bot.rewards import training_weights as reward_weights
 from bot.store import RoundConflict, Store, TrackFeedback
 from bot.tracks import mel_file
@@ -154,16 +163,25 @@ class TrainingSet:
     counts: dict
 
 
-def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: Settings,
-                       rewards_cfg: RewardSettings) -> TrainingSet:
-    """Rated tracks weighted by reward (best fraction only), uploads, preference pairs."""
+def _rated(feedback: list[TrackFeedback], rewards_cfg: RewardSettings
+           ) -> tuple[list[TrackReward], list[Vote], list[Listen], dict[int, str]]:
+    """Rewards of the voted tracks that still have a file, best first (and their inputs)."""
     votes = [Vote(v.track_id, v.member_id, v.stars) for f in feedback for v in f.votes]
     listens = [Listen(li.track_id, li.member_id, li.listened_s, li.duration_s,
                       li.present_at_start) for f in feedback for li in f.listens]
-    rewards = track_rewards(votes, listens, rewards_cfg)
     files = {f.track.id: f.track.file for f in feedback if f.track.file}
-    rated = [r for r in rewards.values() if r.n_votes > 0 and r.track_id in files]
+    rated = [r for r in track_rewards(votes, listens, rewards_cfg).values()
+             if r.n_votes > 0 and r.track_id in files]
     rated.sort(key=lambda r: r.reward, reverse=True)
+    return rated, votes, listens, files
+
+
+def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: Settings,
+                       rewards_cfg: RewardSettings,
+                       history: list[TrackFeedback] | None = None) -> TrainingSet:
+    """Rated tracks weighted by reward (best fraction only), uploads, preference pairs, and
+    the reward model's data: the tracks rated in `history` (default: in `feedback`)."""
+    rated, votes, listens, files = _rated(feedback, rewards_cfg)
     keep = rated[: max(1, round(len(rated) * settings.round_top_fraction))]
     weights = reward_weights([r.reward for r in keep], rewards_cfg)
     guild = feedback[0].track.guild_id if feedback else ""
@@ -184,9 +202,11 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     counts = {"tracks": len(feedback), "rated_tracks": len(rated), "votes": len(votes),
               "listens": sum(1 for li in listens if li.present_at_start),
               "uploads": len(uploads), "train_tracks": len(keep), "pairs": len(pairs)}
-    # The reward model's data: every rated track, and the uploads as positives.
-    rated_rows = [{"path": files[r.track_id], "reward": r.reward} for r in rated]
+    # The reward model's data: every rated track of the history, the uploads as positives.
+    past, _, _, past_files = _rated(history, rewards_cfg) if history else (rated, [], [], files)
+    rated_rows = [{"path": past_files[r.track_id], "reward": r.reward} for r in past]
     rated_rows += [{"path": u.file, "reward": rewards_cfg.upload_reward} for u in uploads]
+    counts["reward_model_tracks"] = len(past)
     return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows)
 
 
@@ -242,8 +262,10 @@ class RoundService:
         work = self.settings.work_dir / f"round-{row.id}"
         try:
             feedback = await self.store.track_feedback(guild, since=since)
+            history = await self._history(guild, since, feedback)
             uploads = await self.store.uploads(guild)
-            data = build_training_set(feedback, uploads, self.settings, self._rewards_cfg())
+            data = build_training_set(feedback, uploads, self.settings, self._rewards_cfg(),
+                                      history)
             summary.counts = data.counts
             short = self._too_little(data.counts)
             if short:
@@ -263,6 +285,15 @@ class RoundService:
             metrics=summary.metrics)
         await self._report(guild, summary)
         return summary
+
+    async def _history(self, guild: str, since: float | None,
+                       window: list[TrackFeedback]) -> list[TrackFeedback]:
+        """The feedback of the last `reward_history_days` (the window when that is shorter)."""
+        days = self.settings.reward_history_days
+        start = time.time() - days * 86400
+        if days == 0 or since is None or start >= since:
+            return window
+        return await self.store.track_feedback(guild, since=start)
 
     def _too_little(self, counts: dict) -> str | None:
         s = self.settings

@@ -126,3 +126,23 @@ async def test_champion_rated_significantly_worse_is_rolled_back(env):
     summary = await rounds.run_round(GUILD)
     assert summary.rolled_back and "v0002 -> v0001" in summary.rolled_back
     assert registry.active_name(GUILD) == "v0001" or summary.promoted
+
+
+async def test_the_reward_model_learns_from_past_rounds_ratings_too(env):
+    settings, store, registry, tracks, rounds = env
+    await rate(store, tracks, 10, 3)
+    first = await rounds.run_round(GUILD)
+    assert first.status == "succeeded", first.reason
+    assert first.counts["rated_tracks"] == first.counts["reward_model_tracks"] == 10
+    await rate(store, tracks, 8, 3, seed=100)
+    second = await rounds.run_round(GUILD)
+    assert second.status == "succeeded", second.reason
+    # trained on the week's tracks; the reward model saw both weeks' ratings
+    assert second.counts["rated_tracks"] == 8 and second.counts["reward_model_tracks"] == 18
+
+    window_only = RoundService(settings.model_copy(update={"reward_history_days": 0}), store,
+                               registry)
+    since = (await store.rounds(GUILD))[0].started_at
+    window = await store.track_feedback(GUILD, since=since)
+    assert await window_only._history(GUILD, since, window) is window
+    assert len(await rounds._history(GUILD, since, window)) == 18
