@@ -364,17 +364,22 @@ class RoundService:
             return note
         return None
 
-    async def _report(self, guild: str, summary: RoundSummary) -> None:
-        """The chart of ratings per round and origin, and the text for the channel."""
+    async def ratings_chart(self, guild: str, name: str) -> tuple[list[RoundRatings], Path]:
+        """Stars per round and origin so far, and their chart as reports/<guild>/<name>.png
+        (no file when nothing is rated yet)."""
         rounds = sorted(await self.store.rounds(guild), key=lambda r: r.started_at)
         feedback = await self.store.track_feedback(guild)
         periods = round_ratings(feedback, [r.started_at for r in rounds])
+        chart = self.settings.data_dir / "reports" / guild / f"{name}.png"
+        if periods:
+            await asyncio.to_thread(rating_chart, periods, chart)
+        return periods, chart
+
+    async def _report(self, guild: str, summary: RoundSummary) -> None:
+        """The chart of ratings per round and origin, and the text for the channel."""
+        periods, chart = await self.ratings_chart(guild, f"round-{summary.round_id}")
         reason = summary.reason + (f"\n{summary.rolled_back}" if summary.rolled_back else "")
         if periods:
-            out = self.settings.data_dir / "reports" / guild
-            out.mkdir(parents=True, exist_ok=True)
-            chart = out / f"round-{summary.round_id}.png"
-            await asyncio.to_thread(rating_chart, periods, chart)
             summary.chart = str(chart)
             summary.text = summary_text(periods[-1], summary.promoted, reason,
                                         summary.active_version)

@@ -211,6 +211,7 @@ class Moderation(commands.Cog):
                     days: app_commands.Range[int, 1, 365] = 7) -> None:
         guild = interaction.guild
         assert guild is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the chart takes a bit
         since = (self.bot.clock() - timedelta(days=days)).timestamp()
         s = await self.bot.services.store.guild_stats(str(guild.id), since)
         hours = s.listened_s / 3600
@@ -227,7 +228,10 @@ class Moderation(commands.Cog):
                              f"{t.mean_stars:.2f} stars from {t.votes} vote(s) {link}".rstrip())
         else:
             lines.append("No rated tracks yet.")
-        await self._reply(interaction, "\n".join(lines)[:1900])
+        # How the guild's model fares against the baseline, round by round, since the start.
+        periods, chart = await self.bot.services.rounds.ratings_chart(str(guild.id), "stats")
+        files = [discord.File(chart, filename="ratings.png")] if periods else []
+        await interaction.followup.send("\n".join(lines)[:1900], files=files, ephemeral=True)
 
     # --- /schedule ------------------------------------------------------------------------
 

@@ -80,7 +80,8 @@ async def test_every_moderator_command(fake_discord: FakeDiscord, tmp_path,
         cfg = await env.services.configs.get(gid)
         assert (cfg.voice_channel_id, cfg.moderator_role_id) == (ids.voice_channel, dj_role)
         # Now bob's DJ role makes him a moderator.
-        assert (await ask(env, "stats", user_id=ids.bob)).startswith("**Last 7 days**")
+        assert (await ask(env, "stats", user_id=ids.bob, deferred=True)).startswith(
+            "**Last 7 days**\nTracks: 0")
 
         text = await ask(env, "schedule", [subcommand("set", [
             option("day", "mon"), option("hour", 9), option("minute", 30),
@@ -148,7 +149,12 @@ async def test_every_moderator_command(fake_discord: FakeDiscord, tmp_path,
         track = await env.services.store.track_by_message(str(message.id))
         await env.services.feedback.record_vote(track.id, ids.bob, 4)
         await env.services.feedback.record_vote(track.id, ids.carol, 5)
-        stats = await ask(env, "stats", [option("days", 1)], user_id=mod)
+        payload = await env.command("stats", [option("days", 1)], user_id=mod)
+        reply = await env.reply(payload, count=2)
+        assert ephemeral(reply)
+        [chart] = reply.files  # mean stars per round, the guild's model against the baseline
+        assert chart.filename == "ratings.png" and chart.data.startswith(b"\x89PNG")
+        stats = content(reply)
         assert stats.splitlines()[:5] == [
             "**Last 1 day**", "Tracks: 1 · votes: 2 from 2 member(s)",
             "Listeners: 0 · listening: 0.0 h", "Uploads: 0", "Top tracks:"]
