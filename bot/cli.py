@@ -195,7 +195,8 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
         elif SHIPPED_BASE.is_dir() and not (args.train or args.steps or args.clips):
             recipe = json.loads((SHIPPED_BASE / "pretrain.json").read_text())["recipe"]
             console.print(f"installing the shipped base (what `crowdtune pretrain --train "
-                          f"--steps {recipe['train']['steps']}` trains; --train to retrain)")
+                          f"--steps {recipe['train']['steps']} --clips {recipe['clips']}` "
+                          "trains)")
             install_shipped_base(tmp)
         else:
             cfg = PretrainConfig(

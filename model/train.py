@@ -36,7 +36,7 @@ Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 9000
     batch_size: int = 16
     lr: float = 3e-4
     warmup: int = 50
@@ -191,7 +191,7 @@ def train_denoiser(
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    clips: int = 1024
+    clips: int = 4096
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict:

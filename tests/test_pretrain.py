@@ -18,7 +18,7 @@ def crowdtune(capsys, *args):
 @pytest.fixture()
 def shipped(tmp_path, monkeypatch):
     base = make_base(tmp_path / "trained")
-    (base / "pretrain.json").write_text(json.dumps({"recipe": {"train": {"steps": 7}}}))
+    (base / "pretrain.json").write_text(json.dumps({"recipe": {"clips": 5, "train": {"steps": 7}}}))
     out = tmp_path / "shipped"
     train.ship_base(base, out)
     monkeypatch.setattr(train, "SHIPPED_BASE", out)
@@ -42,7 +42,8 @@ def test_pretrain_installs_the_shipped_base_once(capsys, shipped, tmp_path, monk
     monkeypatch.setenv("CROWDTUNE_FINETUNE_REPLAY_CLIPS", "16")
     code, _, err = crowdtune(capsys, "pretrain")
     assert code == 0, err
-    assert "installing the shipped base" in err and "--steps 7" in err
+    said = " ".join(err.split())  # rich wraps long lines
+    assert "installing the shipped base" in said and "--steps 7 --clips 5`" in said
     assert (tmp_path / "data" / "models" / "base" / "model_index.json").is_file()
     # The corpus pool that fine-tuning rehearses is built once, with the base.
     (pool,) = (tmp_path / "data" / "cache").glob("pool-16-*.npz")
