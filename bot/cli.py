@@ -129,7 +129,7 @@ def build_parser() -> Parser:
     sim = sub.add_parser("simulate", help="offline community simulation: the paper's "
                          "experiment, through the real services")
     sim.add_argument("--quick", action="store_true",
-                     help="3 rounds, 48 tracks a round, 48 per arm at the end (about 9.5 min "
+                     help="3 rounds, 40 tracks a round, 32 per arm at the end (about 7.5 min "
                      "on 2 cores; the default is 5 rounds, 96 tracks, 160 per arm, ~35 min)")
     sim.add_argument("--ablation", action="store_true",
                      help="run and tabulate: no fine-tuning, ratings only, listen time only, "
