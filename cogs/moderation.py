@@ -229,7 +229,8 @@ class Moderation(commands.Cog):
         else:
             lines.append("No rated tracks yet.")
         # How the guild's model fares against the baseline, round by round, since the start.
-        periods, chart = await self.bot.services.rounds.ratings_chart(str(guild.id), "stats")
+        periods, chart = await self.bot.services.rounds.ratings_chart(
+            str(guild.id), f"stats-{interaction.user.id}")  # per moderator: no write races
         files = [discord.File(chart, filename="ratings.png")] if periods else []
         await interaction.followup.send("\n".join(lines)[:1900], files=files, ephemeral=True)
 
