@@ -203,7 +203,10 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
               "listens": sum(1 for li in listens if li.present_at_start),
               "uploads": len(uploads), "train_tracks": len(keep), "pairs": len(pairs)}
     # The reward model's data: every rated track of the history, the uploads as positives.
-    past, _, _, past_files = _rated(history, rewards_cfg) if history else (rated, [], [], files)
+    if history is None or history is feedback:
+        past, past_files = rated, files
+    else:
+        past, _, _, past_files = _rated(history, rewards_cfg)
     rated_rows = [{"path": past_files[r.track_id], "reward": r.reward} for r in past]
     rated_rows += [{"path": u.file, "reward": rewards_cfg.upload_reward} for u in uploads]
     counts["reward_model_tracks"] = len(past)

@@ -12,6 +12,22 @@ from tests.bot_support import bot_env, configure, content, ephemeral, totals, vo
 from tests.fakediscord import FakeDiscord, expect_event
 
 
+async def _radio_playing(env, listeners: list[int], *, starter: int) -> tuple[int, object]:
+    """A posted track, `listeners` in the voice channel, the radio started by `starter`: the
+    track's id and the player, once it plays."""
+    ids = env.emu.ids
+    message = await env.bot.post_scheduled(str(ids.guild))
+    track = (await env.services.store.track_by_message(str(message.id))).id
+    for member in listeners:
+        await voice(env, member, ids.voice_channel)
+    payload = await env.command("radio", [{"name": "start", "type": 1, "options": []}],
+                                user_id=starter)
+    await env.reply(payload, count=2)
+    player = env.players.by_guild[ids.guild]
+    await asyncio.wait_for(player.played.get(), 10)
+    return track, player
+
+
 async def test_listening_session_gives_the_right_seconds(fake_discord: FakeDiscord,
                                                          tmp_path) -> None:
     emu = fake_discord
@@ -87,15 +103,7 @@ async def test_bot_leaving_and_restart_close_open_listening(fake_discord: FakeDi
     ids = emu.ids
     async with bot_env(emu, tmp_path, track_seconds=20.0) as env:
         await configure(env, voice_channel_id=ids.voice_channel)
-        message = await env.bot.post_scheduled(str(ids.guild))
-        track = (await env.services.store.track_by_message(str(message.id))).id
-        await voice(env, ids.alice, ids.voice_channel)
-        await voice(env, ids.bob, ids.voice_channel)
-        payload = await env.command("radio", [{"name": "start", "type": 1, "options": []}],
-                                    user_id=ids.bob)
-        await env.reply(payload, count=2)
-        player = env.players.by_guild[ids.guild]
-        await asyncio.wait_for(player.played.get(), 10)
+        track, player = await _radio_playing(env, [ids.alice, ids.bob], starter=ids.bob)
 
         # Someone skips: the track ends for everyone at 3 s, the next one starts.
         env.clock.advance(seconds=3)
@@ -159,14 +167,7 @@ async def test_open_listening_is_saved_while_playing_and_survives_a_crash(
     ids = emu.ids
     async with bot_env(emu, tmp_path, track_seconds=20.0) as env:
         env.bot.radio.checkpoint_s = 0.05  # real seconds; 15 by default
-        message = await env.bot.post_scheduled(str(ids.guild))
-        track = (await env.services.store.track_by_message(str(message.id))).id
-        await voice(env, ids.alice, ids.voice_channel)
-        await voice(env, ids.bob, ids.voice_channel)
-        payload = await env.command("radio", [{"name": "start", "type": 1, "options": []}],
-                                    user_id=ids.alice)
-        await env.reply(payload, count=2)
-        await asyncio.wait_for(env.players.by_guild[ids.guild].played.get(), 10)
+        track, _ = await _radio_playing(env, [ids.alice, ids.bob], starter=ids.alice)
 
         env.clock.advance(seconds=7)  # both still listening: saved as they stand
         expected = {ids.alice: (7.0, True), ids.bob: (7.0, True)}

@@ -72,17 +72,22 @@ def _decode(packets: list[bytes]) -> np.ndarray:
     return stereo.mean(axis=1)
 
 
+async def _start(path: Path) -> tuple[VoicePlayer, PacketSink, asyncio.Future[Exception | None]]:
+    """`VoicePlayer.play(path)` into a `PacketSink`; the future resolves when `after` runs."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[Exception | None] = loop.create_future()
+    player = VoicePlayer(SimpleNamespace())  # type: ignore[arg-type]
+    player.voice = sink = PacketSink(loop)  # type: ignore[assignment]
+    await player.play(str(path), lambda err: loop.call_soon_threadsafe(ended.set_result, err))
+    return player, sink, ended
+
+
 @pytest.mark.parametrize("fmt", ["ogg", "mp3"])
 async def test_a_track_file_plays_as_opus_packets_of_its_audio(tmp_path: Path, fmt: str) -> None:
     sr = 16000
     t = np.arange(int(SECONDS * sr)) / sr
     path = encode(0.3 * np.sin(2 * np.pi * TONE_HZ * t), sr, tmp_path / f"track.{fmt}", fmt)
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[Exception | None] = loop.create_future()
-    player = VoicePlayer(SimpleNamespace())  # type: ignore[arg-type]
-    player.voice = sink = PacketSink(loop)  # type: ignore[assignment]
-
-    await player.play(str(path), lambda err: loop.call_soon_threadsafe(ended.set_result, err))
+    player, sink, ended = await _start(path)
     assert await asyncio.wait_for(ended, 30) is None
 
     packets = _audio_packets(sink.packets)
@@ -98,11 +103,7 @@ async def test_a_track_file_plays_as_opus_packets_of_its_audio(tmp_path: Path, f
 async def test_stop_ends_the_play_early_and_still_calls_after(tmp_path: Path) -> None:
     sr = 16000
     path = encode(np.zeros(sr * 10, dtype=np.float32), sr, tmp_path / "long.ogg", "ogg")
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[Exception | None] = loop.create_future()
-    player = VoicePlayer(SimpleNamespace())  # type: ignore[arg-type]
-    player.voice = sink = PacketSink(loop)  # type: ignore[assignment]
-    await player.play(str(path), lambda err: loop.call_soon_threadsafe(ended.set_result, err))
+    player, sink, ended = await _start(path)
     await asyncio.sleep(0.3)
     player.stop()
     assert await asyncio.wait_for(ended, 5) is None
