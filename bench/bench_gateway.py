@@ -88,11 +88,11 @@ async def run(args: argparse.Namespace) -> None:
 
 async def measure(args: argparse.Namespace, conn: Connection, total: int, members: int
                   ) -> None:
-    from bot.bot_settings import BotSettings
-    from bot.client import create_bot
-    from bot.services import Services
-    from bot.store import ModelVersionRow
-    from bot.tracks import GeneratedTrack
+    from bot.adapter.client import create_bot
+    from bot.core.config import BotSettings
+    from bot.core.services import Services
+    from bot.core.store import ModelVersionRow
+    from bot.core.tracks import GeneratedTrack
     from tests.fakediscord import FAST_GUILD_READY_TIMEOUT, redirect_discord
 
     info = await recv(conn)

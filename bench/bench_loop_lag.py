@@ -57,9 +57,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    from bot.bot_settings import BotSettings
-    from bot.client import create_bot
-    from bot.services import Services
+    from bot.adapter.client import create_bot
+    from bot.core.config import BotSettings
+    from bot.core.services import Services
     from model.train import make_builtin_pipeline
     from tests.fakediscord import FAST_GUILD_READY_TIMEOUT, FakeDiscord, running
 

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import encode
-from bot.community import Community, listen_seconds, make_upload
-from bot.config import load_settings
-from bot.feedback import FeedbackService
-from bot.rounds import RoundService
-from bot.store import Store
-from bot.tracks import TrackService
-from bot.upload_service import UploadService
-from bot.worker import GenerationWorker
+from bot.core.audio import encode
+from bot.core.config import load_settings
+from bot.core.feedback import FeedbackService
+from bot.core.rounds import RoundService
+from bot.core.store import Store
+from bot.core.tracks import TrackService
+from bot.core.uploads import UploadService
+from bot.core.worker import GenerationWorker
+from bot.experiment.community import Community, listen_seconds, make_upload
 from model.codec import MelConfig
 from model.corpus_pool import load_pool
 from model.features import extract

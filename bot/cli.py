@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from bot.config import Settings, load_settings
+from bot.core.config import Settings, load_settings
 from model.pipeline import CheckpointError
 from model.registry import ModelRegistry, RegistryError
 
@@ -234,9 +234,9 @@ def _ensure_pool(settings: Settings, base_dir: Path) -> None:
 
 
 async def _generate(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.store import Store
-    from bot.tracks import TrackService
-    from bot.worker import GenerationWorker
+    from bot.core.store import Store
+    from bot.core.tracks import TrackService
+    from bot.core.worker import GenerationWorker
 
     if args.seconds is not None and not 1 <= args.seconds <= 300:
         raise UserError(f"--seconds must be between 1 and 300, got {args.seconds}")
@@ -268,9 +268,9 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _upload(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.store import Store
-    from bot.upload_service import UploadService
-    from bot.uploads import UploadRejected
+    from bot.core.ingest import UploadRejected
+    from bot.core.store import Store
+    from bot.core.uploads import UploadService
 
     rejected = 0
     async with await Store.open(settings.db_path) as store:
@@ -299,8 +299,8 @@ async def _upload(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _feedback_import(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.feedback import FeedbackFileError, FeedbackService
-    from bot.store import Store
+    from bot.core.feedback import FeedbackFileError, FeedbackService
+    from bot.core.store import Store
 
     async with await Store.open(settings.db_path) as store:
         try:
@@ -320,8 +320,8 @@ async def _feedback_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.rounds import RoundBusy, RoundService
-    from bot.store import Store
+    from bot.core.rounds import RoundBusy, RoundService
+    from bot.core.store import Store
 
     async with await Store.open(settings.db_path) as store:
         service = RoundService(settings, store, ModelRegistry(settings.models_dir))
@@ -348,7 +348,7 @@ async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.simulate import ABLATIONS, SimConfig, Simulation, markdown, write_outputs
+    from bot.experiment.simulate import ABLATIONS, SimConfig, Simulation, markdown, write_outputs
 
     registry = ModelRegistry(settings.models_dir)
     if not registry.has_base():
@@ -424,11 +424,11 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`crowdtune run`: the bot, with the bot's settings on top of the shared ones."""
-    from bot.bot_settings import load_bot_settings
-    from bot.client import UserFacingError, run_bot
+    from bot.adapter.client import UserFacingError, run_bot
+    from bot.core.config import BotSettings, load_settings
 
     try:
-        settings = load_bot_settings(args.config, data_dir=args.data_dir)
+        settings = load_settings(args.config, BotSettings, data_dir=args.data_dir)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc

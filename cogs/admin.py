@@ -7,7 +7,7 @@ import logging
 
 from discord.ext import commands
 
-from bot.client import CrowdtuneBot
+from bot.adapter.client import CrowdtuneBot
 
 log = logging.getLogger(__name__)
 

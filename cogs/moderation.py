@@ -16,9 +16,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import CrowdtuneBot, NotModerator, UserFacingError, is_moderator
-from bot.guild_config import MAX_POSTS_PER_DAY, GuildConfig
-from bot.store import RoundRow
+from bot.adapter.client import CrowdtuneBot, NotModerator, UserFacingError, is_moderator
+from bot.core.guild_config import MAX_POSTS_PER_DAY, GuildConfig
+from bot.core.store import RoundRow
 from model.registry import RegistryError
 
 log = logging.getLogger(__name__)

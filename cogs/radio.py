@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import CrowdtuneBot, UserFacingError, is_moderator
+from bot.adapter.client import CrowdtuneBot, UserFacingError, is_moderator
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from datetime import timedelta
 import discord
 from discord.ext import commands
 
-from bot.client import CrowdtuneBot
-from bot.ratings import EMOJI_STARS, STAR_EMOJIS
+from bot.adapter.client import CrowdtuneBot
+from bot.core.ratings import EMOJI_STARS, STAR_EMOJIS
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import CrowdtuneBot
-from bot.posting import track_embed, track_file
+from bot.adapter.client import CrowdtuneBot
+from bot.adapter.posting import track_embed, track_file
 
 log = logging.getLogger(__name__)
 

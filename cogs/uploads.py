@@ -17,9 +17,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import CrowdtuneBot
-from bot.store import UploadRow
-from bot.uploads import UploadRejected, check_size
+from bot.adapter.client import CrowdtuneBot
+from bot.core.ingest import UploadRejected, check_size
+from bot.core.store import UploadRow
 
 log = logging.getLogger(__name__)
 

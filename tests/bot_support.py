@@ -14,12 +14,12 @@ from typing import Any
 
 import discord
 
-from bot.bot_settings import BotSettings
-from bot.client import CrowdtuneBot, create_bot
-from bot.radio import After
-from bot.services import Services
-from bot.store import ListenTotal
-from bot.worker import GenerationJob, GenerationWorker, run_job
+from bot.adapter.client import CrowdtuneBot, create_bot
+from bot.adapter.radio import After
+from bot.core.config import BotSettings
+from bot.core.services import Services
+from bot.core.store import ListenTotal
+from bot.core.worker import GenerationJob, GenerationWorker, run_job
 from tests.fakediscord import (
     FAST_GUILD_READY_TIMEOUT,
     FakeDiscord,

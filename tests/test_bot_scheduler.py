@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.bot_settings import BotSettings
-from bot.guild_config import ConfigError, GuildConfig, GuildConfigs, validate
-from bot.ratelimit import RateLimited, SlidingWindowLimiter
-from bot.scheduler import GuildScheduler, last_fire_time, pick_origin, round_trigger
-from bot.store import Store
+from bot.core.config import BotSettings
+from bot.core.guild_config import ConfigError, GuildConfig, GuildConfigs, validate
+from bot.core.ratelimit import RateLimited, SlidingWindowLimiter
+from bot.core.scheduler import GuildScheduler, last_fire_time, pick_origin, round_trigger
+from bot.core.store import Store
 from tests.bot_support import FakeClock
 
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from bot.adapter.client import ShardedCrowdtuneBot, UserFacingError, make_intents, run_bot
 from bot.cli import main
-from bot.client import ShardedCrowdtuneBot, UserFacingError, make_intents, run_bot
 from tests.bot_support import STARS, bot_env, content, ephemeral, generated, tiny_settings
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.patching import redirect_discord

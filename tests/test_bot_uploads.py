@@ -10,7 +10,7 @@ from pathlib import Path
 import discord
 import pytest
 
-from bot.uploads import UploadLimits
+from bot.core.ingest import UploadLimits
 from tests.bot_support import bot_env, configure, content, ephemeral
 from tests.fakediscord import FakeDiscord, attachment_option
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot import rounds
+from bot.core import rounds
 from tests.bot_support import STARS, FakeClock, bot_env, react, voice, votes
 from tests.fakediscord import FakeDiscord
 

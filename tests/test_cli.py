@@ -129,8 +129,8 @@ def test_simulate_runs_the_loop_and_writes_its_outputs(capsys, data_dir, tmp_pat
 
 
 def test_every_ablation_changes_only_real_settings(tmp_path):
-    from bot.config import Settings
-    from bot.simulate import ABLATIONS, SimConfig, Simulation
+    from bot.core.config import Settings
+    from bot.experiment.simulate import ABLATIONS, SimConfig, Simulation
 
     base = Settings(data_dir=tmp_path / "data")
     seen = set()
@@ -147,7 +147,7 @@ def test_every_ablation_changes_only_real_settings(tmp_path):
 def test_env_example_documents_every_setting():
     from pathlib import Path
 
-    from bot.bot_settings import BotSettings  # the shared settings and the bot's own
+    from bot.core.config import BotSettings  # the shared settings and the bot's own
 
     text = (Path(__file__).parent.parent / ".env.example").read_text()
     for name, f in BotSettings.model_fields.items():

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bot.community import (
+from bot.experiment.community import (
     Community,
     Member,
     community_score,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.feedback import FeedbackError, FeedbackFileError, FeedbackService
-from bot.listening import ListenTracker
-from bot.store import ModelVersionRow, Store
+from bot.core.feedback import FeedbackError, FeedbackFileError, FeedbackService
+from bot.core.listening import ListenTracker
+from bot.core.store import ModelVersionRow, Store
 
 CSV_HEADER = "track_id,member_id,stars,listened_s\n"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bot.audio import encode
+from bot.core.audio import encode
 from model.codec import MelCodec
 from model.corpus_pool import load_pool
 from model.features import extract

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bot.listening import ListenInterval, ListenTracker, listened_seconds, union_seconds
+from bot.core.listening import ListenInterval, ListenTracker, listened_seconds, union_seconds
 
 G, G2 = 1, 2  # guild ids
 A, B, C = 101, 102, 103  # member ids

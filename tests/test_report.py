@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from bot.report import (
+from bot.core.report import (
     MAX_SUMMARY_CHARS,
     RoundRatings,
     compare,

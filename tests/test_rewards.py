@@ -1,4 +1,4 @@
-"""Rewards: hand-computed cases for every step of the formula in bot/rewards.py."""
+"""Rewards: hand-computed cases for every step of the formula in bot/core/rewards.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from bot.rewards import (
+from bot.core.rewards import (
     Listen,
     PreferencePair,
     RewardSettings,

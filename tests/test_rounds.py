@@ -5,12 +5,12 @@ import signal
 
 import pytest
 
-from bot.config import Settings
-from bot.feedback import FeedbackService
-from bot.rounds import GuildLock, RoundBusy, RoundService
-from bot.store import Store
-from bot.tracks import TrackService
-from bot.worker import GenerationWorker
+from bot.core.config import Settings
+from bot.core.feedback import FeedbackService
+from bot.core.rounds import GuildLock, RoundBusy, RoundService
+from bot.core.store import Store
+from bot.core.tracks import TrackService
+from bot.core.worker import GenerationWorker
 from model.registry import ModelRegistry
 from tests.helpers import make_base
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from bot.store import MIGRATIONS, ModelVersionRow, RoundConflict, Store
+from bot.core.store import MIGRATIONS, ModelVersionRow, RoundConflict, Store
 
 
 @pytest.fixture

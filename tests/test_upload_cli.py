@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bot import upload_service
 from bot.cli import main
-from bot.config import load_settings
-from bot.store import Store
-from bot.upload_service import UploadService
-from bot.uploads import UploadRejected
+from bot.core import uploads as upload_service
+from bot.core.config import load_settings
+from bot.core.ingest import UploadRejected
+from bot.core.store import Store
+from bot.core.uploads import UploadService
 
 NOT_AUDIO = "That file isn't audio I can read (it looks like a text file)."
 

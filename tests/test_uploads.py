@@ -13,8 +13,8 @@ import pytest
 from pydub import AudioSegment
 from pydub.exceptions import CouldntDecodeError
 
-from bot import uploads
-from bot.uploads import (
+from bot.core import ingest as uploads
+from bot.core.ingest import (
     DEFAULT_LIMITS,
     MIB,
     IngestedUpload,

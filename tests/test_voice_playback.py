@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from discord.player import AudioPlayer
 
-from bot.audio import encode
-from bot.radio import VoicePlayer
+from bot.adapter.radio import VoicePlayer
+from bot.core.audio import encode
 
 SECONDS = 1.5
 TONE_HZ = 440.0

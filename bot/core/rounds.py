@@ -6,7 +6,7 @@
       2. automatic rollback: if the champion's tracks were rated significantly worse than the
          baseline tracks posted beside them (two-sided Mann-Whitney, p < rollback_p_value),
          the guild goes back to the champion's parent first
-      3. the training set: rewards from the window's votes and listens (bot/rewards.py), the
+      3. the training set: rewards from the window's votes and listens (bot/core/rewards.py), the
          best-rewarded tracks weighted by reward, the guild's uploads as positives, preference
          pairs for Diffusion-DPO, and the reward model's data (every track rated in the last
          `reward_history_days`, uploads as positives): it picks the corpus clips the model
@@ -32,9 +32,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bot.config import Settings
-from bot.report import RoundRatings, compare, rating_chart, summary_text
-from bot.rewards import (
+from bot.core.config import Settings
+from bot.core.report import RoundRatings, compare, rating_chart, summary_text
+from bot.core.rewards import (
     Listen,
     RewardSettings,
     TrackReward,
@@ -42,9 +42,9 @@ from bot.rewards import (
     preference_pairs,
     track_rewards,
 )
-from bot.rewards import training_weights as reward_weights
-from bot.store import RoundConflict, Store, TrackFeedback
-from bot.tracks import mel_file
+from bot.core.rewards import training_weights as reward_weights
+from bot.core.store import RoundConflict, Store, TrackFeedback
+from bot.core.tracks import mel_file
 from model.evaluate import EvalSpec
 from model.finetune import FinetuneSpec
 from model.registry import ModelRegistry, VersionInfo

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -99,9 +99,52 @@ class Settings(BaseSettings):
         return self.data_dir / "uploads"
 
 
-def load_settings(config: Path | None = None, **overrides: object) -> Settings:
-    """Settings from the environment, an optional env-style config file, then overrides."""
+# The bot's own settings (same env and file): the defaults every guild starts from; moderators
+# change their guild's copy with /setup and /schedule set (bot/core/guild_config.py).
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class BotSettings(Settings):
+    # discord.py's AutoShardedBot: only needed past ~2,500 guilds (Discord then requires it).
+    auto_shard: bool = False
+    # Guild ids (comma-separated) that slash commands are synced to; empty: synced globally
+    # (global commands can take a while to appear; guild commands appear at once).
+    sync_guilds: str = ""
+    # Take every audio post in the uploads channel (needs the privileged Message Content
+    # intent); without it a post must mention the bot, or members use /upload.
+    message_content: bool = False
+
+    # Per-guild defaults.
+    generate_per_hour: int = Field(default=3, ge=0, le=60)  # /generate per member
+    posts_per_day: int = Field(default=3, ge=0, le=12)  # scheduled tracks in the music channel
+    round_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "sun"
+    round_hour: int = Field(default=18, ge=0, le=23)
+    round_minute: int = Field(default=0, ge=0, le=59)
+    timezone: str = "UTC"
+    # Votes cast while the bot was offline are read back from posts this recent.
+    reconcile_days: float = Field(default=14.0, gt=0)
+
+    @field_validator("sync_guilds")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            if not part.isdigit():
+                raise ValueError(f"expected comma-separated guild ids, got {part!r}")
+        return value
+
+    @property
+    def sync_guild_ids(self) -> list[int]:
+        return [int(p) for p in self.sync_guilds.split(",") if p.strip()]
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(config: Path | None = None, cls: type[S] = Settings,  # type: ignore[assignment]
+                  **overrides: object) -> S:
+    """Settings (`Settings`, or `BotSettings` for the bot) from the environment, an optional
+    env-style config file, then overrides (None values are left out)."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     if config is not None:
-        return Settings(_env_file=config, **clean)  # type: ignore[call-arg]
-    return Settings(**clean)  # type: ignore[call-arg]
+        return cls(_env_file=config, **clean)  # type: ignore[call-arg]
+    return cls(**clean)  # type: ignore[call-arg]

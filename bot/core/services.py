@@ -6,15 +6,15 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from bot.bot_settings import BotSettings
-from bot.feedback import FeedbackService
-from bot.guild_config import GuildConfigs
-from bot.ratings import RatingService
-from bot.rounds import RoundService
-from bot.store import Store
-from bot.tracks import TrackService
-from bot.upload_service import UploadService
-from bot.worker import GenerationWorker
+from bot.core.config import BotSettings
+from bot.core.feedback import FeedbackService
+from bot.core.guild_config import GuildConfigs
+from bot.core.ratings import RatingService
+from bot.core.rounds import RoundService
+from bot.core.store import Store
+from bot.core.tracks import TrackService
+from bot.core.uploads import UploadService
+from bot.core.worker import GenerationWorker
 from model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.bot_settings import DAYS, BotSettings
-from bot.store import Store
+from bot.core.config import DAYS, BotSettings
+from bot.core.store import Store
 
 # Scheduled posts are spread over these hours of the guild's day (09:00 to 23:00).
 FIRST_POST_HOUR, POST_SPAN_HOURS = 9, 14

@@ -72,7 +72,7 @@ class Vote:
 
 @dataclass(frozen=True)
 class Listen:
-    """A member's listened seconds on a track (e.g. from `bot.listening.listened_seconds`).
+    """A member's listened seconds on a track (e.g. from `bot.core.listening.listened_seconds`).
 
     The caller gives one per member present at start, even with 0 s listened: deafening at
     once is a signal too.

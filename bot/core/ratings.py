@@ -11,8 +11,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from bot.feedback import FeedbackError, FeedbackService
-from bot.store import Store
+from bot.core.feedback import FeedbackError, FeedbackService
+from bot.core.store import Store
 
 log = logging.getLogger(__name__)
 

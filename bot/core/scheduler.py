@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.guild_config import GuildConfig, GuildConfigs
+from bot.core.guild_config import GuildConfig, GuildConfigs
 
 log = logging.getLogger(__name__)
 

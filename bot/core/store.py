@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.listening import union_seconds
+from bot.core.listening import union_seconds
 
 ORIGINS = ("generated", "baseline", "upload_seeded")
 ROUND_STATUSES = ("running", "succeeded", "failed", "skipped")

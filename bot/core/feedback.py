@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.listening import ListenInterval, Play
-from bot.store import MAX_STARS, MIN_STARS, Store, Track
+from bot.core.listening import ListenInterval, Play
+from bot.core.store import MAX_STARS, MIN_STARS, Store, Track
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Recording song uploads: the one path for the bot's attachments and `crowdtune upload`.
 
-`bot.uploads` checks, converts and stores the file (blocking; run here in a thread); this
+`bot.core.ingest` checks, converts and stores the file (blocking; run here in a thread); this
 service records it in the database, one upload per song (sha256 of the original bytes) per
 guild. A song already known is recognised from its hash before any decoding, so a re-upload
 costs one read of the file.
@@ -17,9 +17,9 @@ import os
 import re
 from pathlib import Path
 
-from bot.config import Settings
-from bot.store import Store, UploadRow
-from bot.uploads import DEFAULT_LIMITS, UploadLimits, ingest_upload
+from bot.core.config import Settings
+from bot.core.ingest import DEFAULT_LIMITS, UploadLimits, ingest_upload
+from bot.core.store import Store, UploadRow
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class UploadService:
         """Check, convert, store and record a member's song; returns the upload and whether
         it is new (False: this guild already had this song, and its first upload is returned).
 
-        Raises `bot.uploads.UploadRejected` (one line for the member) for a file we will not
+        Raises `bot.core.ingest.UploadRejected` (one line for the member) for a file we will not
         take; then nothing is stored.
         """
         guild, member = str(guild_id), str(member_id)

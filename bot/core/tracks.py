@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import encode
-from bot.config import Settings
-from bot.store import ModelVersionRow, Store
-from bot.worker import GenerationJob, GenerationWorker
+from bot.core.audio import encode
+from bot.core.config import Settings
+from bot.core.store import ModelVersionRow, Store
+from bot.core.worker import GenerationJob, GenerationWorker
 from model.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)

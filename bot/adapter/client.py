@@ -19,16 +19,22 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.bot_settings import BotSettings
-from bot.guild_config import ConfigError, GuildConfig
-from bot.posting import add_vote_reactions, report_content, report_files, track_embed, track_file
-from bot.radio import PlayerFactory, Radio, RadioError, VoicePlayer
-from bot.ratelimit import RateLimited, SlidingWindowLimiter
-from bot.rounds import RoundBusy, RoundSummary
-from bot.scheduler import Clock, GuildScheduler, pick_origin, system_clock
-from bot.services import Services
-from bot.tracks import GeneratedTrack
-from bot.uploads import UploadRejected
+from bot.adapter.posting import (
+    add_vote_reactions,
+    report_content,
+    report_files,
+    track_embed,
+    track_file,
+)
+from bot.adapter.radio import PlayerFactory, Radio, RadioError, VoicePlayer
+from bot.core.config import BotSettings
+from bot.core.guild_config import ConfigError, GuildConfig
+from bot.core.ingest import UploadRejected
+from bot.core.ratelimit import RateLimited, SlidingWindowLimiter
+from bot.core.rounds import RoundBusy, RoundSummary
+from bot.core.scheduler import Clock, GuildScheduler, pick_origin, system_clock
+from bot.core.services import Services
+from bot.core.tracks import GeneratedTrack
 from model.registry import RegistryError
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import discord
 
-from bot.listening import ListenInterval, ListenTracker, Play
-from bot.services import Services
-from bot.store import Track
+from bot.core.listening import ListenInterval, ListenTracker, Play
+from bot.core.services import Services
+from bot.core.store import Track
 
 log = logging.getLogger(__name__)
 

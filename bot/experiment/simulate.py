@@ -1,11 +1,11 @@
 """`crowdtune simulate`: the paper's experiment, offline, through the real services.
 
-A simulated community (bot/community.py) listens to what the model makes and reacts. Every
-step goes through the code the bot uses: TrackService generates and records tracks (worker
-process, ffmpeg), members' votes and listening go through FeedbackService, their uploads
-through UploadService (ffprobe, pydub), and each week's RoundService.run_round fine-tunes in
-a child process, evaluates and promotes. Members rate what they hear: features are computed
-from the encoded files, not from anything the model reports.
+A simulated community (bot/experiment/community.py) listens to what the model makes and
+reacts. Every step goes through the code the bot uses: TrackService generates and records
+tracks (worker process, ffmpeg), members' votes and listening go through FeedbackService,
+their uploads through UploadService (ffprobe, pydub), and each week's RoundService.run_round
+fine-tunes in a child process, evaluates and promotes. Members rate what they hear: features
+are computed from the encoded files, not from anything the model reports.
 
 Rating pass k (k = 0..rounds) rates the tracks of the champion after k rounds, side by side
 with baseline tracks from the base model. The last pass is the final comparison, with
@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.audio import encode
-from bot.community import Community, listen_seconds, make_upload, will_upload
-from bot.config import Settings
-from bot.feedback import FeedbackService
-from bot.report import (
+from bot.core.audio import encode
+from bot.core.config import Settings
+from bot.core.feedback import FeedbackService
+from bot.core.report import (
     BASELINE,
     GENERATED,
     RoundRatings,
@@ -37,11 +36,12 @@ from bot.report import (
     rating_chart,
     round_stats,
 )
-from bot.rounds import RoundService
-from bot.store import Store
-from bot.tracks import GeneratedTrack, TrackService
-from bot.upload_service import UploadService
-from bot.worker import GenerationWorker
+from bot.core.rounds import RoundService
+from bot.core.store import Store
+from bot.core.tracks import GeneratedTrack, TrackService
+from bot.core.uploads import UploadService
+from bot.core.worker import GenerationWorker
+from bot.experiment.community import Community, listen_seconds, make_upload, will_upload
 from model.features import AudioFeatures, diversity, extract
 from model.finetune import load_audio
 from model.registry import ModelRegistry

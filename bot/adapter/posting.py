@@ -11,9 +11,9 @@ from pathlib import Path
 
 import discord
 
-from bot.ratings import STAR_EMOJIS
-from bot.rounds import RoundSummary
-from bot.tracks import GeneratedTrack
+from bot.core.ratings import STAR_EMOJIS
+from bot.core.rounds import RoundSummary
+from bot.core.tracks import GeneratedTrack
 
 log = logging.getLogger(__name__)
 
