@@ -320,6 +320,7 @@ async def _feedback_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.core.domain import RoundStatus
     from bot.core.rounds import RoundBusy, RoundService
     from bot.core.store import Store
 
@@ -344,7 +345,7 @@ async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
         print(summary.text)
         if summary.chart:
             print(f"chart: {summary.chart}")
-    return 1 if summary.status == "failed" else 0
+    return 1 if summary.status == RoundStatus.FAILED else 0
 
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.adapter.client import CrowdtuneBot, NotModerator, UserFacingError, is_moderator
+from bot.core.domain import RoundStatus
 from bot.core.guild_config import MAX_POSTS_PER_DAY, GuildConfig
 from bot.core.store import RoundRow
 from model.registry import RegistryError
@@ -37,7 +38,7 @@ def when(ts: float | None) -> str:
 
 def round_line(r: RoundRow) -> str:
     outcome = r.status
-    if r.status == "succeeded":
+    if r.status == RoundStatus.SUCCEEDED:
         outcome = (f"promoted {r.candidate_version}" if r.promoted
                    else f"kept {r.parent_version} ({r.candidate_version} not promoted)")
     reason = (r.reason or "").splitlines()[0][:150] if r.reason else ""
@@ -144,8 +145,8 @@ class Moderation(commands.Cog):
         if self.bot.round_task(gid) is not None or running is not None:
             since = f" since {when(running.started_at)}" if running else ""
             lines.append(f"A round is running{since}.")
-        last = next((r for r in await store.rounds(gid, limit=5) if r.status != "running"),
-                    None)
+        last = next((r for r in await store.rounds(gid, limit=5)
+                     if r.status != RoundStatus.RUNNING), None)
         lines.append(f"Last round: {round_line(last)}" if last else "No round has run yet.")
         nxt = self.bot.scheduler.next_run(f"round:{gid}")
         cfg = await self.bot.services.configs.get(gid)

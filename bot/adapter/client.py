@@ -26,10 +26,10 @@ from bot.adapter.posting import (
     track_embed,
     track_file,
 )
-from bot.adapter.radio import PlayerFactory, Radio, RadioError, VoicePlayer
+from bot.adapter.radio import PlayerFactory, Radio, VoicePlayer
 from bot.core.config import BotSettings
-from bot.core.guild_config import ConfigError, GuildConfig
-from bot.core.ingest import UploadRejected
+from bot.core.errors import UserFacingError
+from bot.core.guild_config import GuildConfig
 from bot.core.ratelimit import RateLimited, SlidingWindowLimiter
 from bot.core.rounds import RoundBusy, RoundSummary
 from bot.core.scheduler import Clock, GuildScheduler, pick_origin, system_clock
@@ -43,10 +43,6 @@ EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.moderation", 
               "cogs.admin")
 GENERIC_ERROR = ("Something went wrong on my side; try again in a minute. If it keeps "
                  "happening, ask a moderator to check the bot's log.")
-
-
-class UserFacingError(Exception):
-    """A one-line message for the member who ran the command (sent privately)."""
 
 
 class NotModerator(app_commands.CheckFailure):
@@ -92,12 +88,10 @@ def user_message(error: BaseException) -> str | None:
         minutes = max(1, round(error.retry_after / 60))
         return (f"You can make {error.limit} track{'s' if error.limit != 1 else ''} an hour; "
                 f"try again in {minutes} minute{'s' if minutes != 1 else ''}.")
-    if isinstance(error, UserFacingError | RadioError | ConfigError):
-        return str(error)
-    if isinstance(error, UploadRejected):
-        return error.reason
     if isinstance(error, RoundBusy):
         return "A round is already running; see /round status for its progress."
+    if isinstance(error, UserFacingError):
+        return error.reason
     if isinstance(error, RegistryError):
         return f"The model is not ready ({error}); ask the bot's operator."
     if isinstance(error, app_commands.CheckFailure):

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import discord
 
+from bot.core.domain import Origin
 from bot.core.ratings import STAR_EMOJIS
 from bot.core.rounds import RoundSummary
 from bot.core.tracks import GeneratedTrack
 
 log = logging.getLogger(__name__)
 
-ORIGIN_LABELS = {"generated": "current model", "baseline": "baseline model",
-                 "upload_seeded": "seeded from your uploads"}
+ORIGIN_LABELS = {Origin.GENERATED: "current model", Origin.BASELINE: "baseline model",
+                 Origin.UPLOAD_SEEDED: "seeded from your uploads"}
 EMBED_COLOUR = discord.Colour(0x0072B2)
 MAX_CONTENT = 2000
 

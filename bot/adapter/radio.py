@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import discord
 
+from bot.core.errors import UserFacingError
 from bot.core.listening import ListenInterval, ListenTracker, Play
 from bot.core.services import Services
 from bot.core.store import Track
@@ -33,7 +34,7 @@ RECENT_TRACKS = 50  # the radio cycles through the guild's latest tracks
 CHECKPOINT_S = 15.0  # open listening is saved this often (real seconds)
 
 
-class RadioError(Exception):
+class RadioError(UserFacingError):
     """A one-line reason the radio cannot do what was asked."""
 
 

@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.core.domain import MAX_STARS, MIN_STARS
+from bot.core.errors import UserFacingError
 from bot.core.listening import ListenInterval, Play
-from bot.core.store import MAX_STARS, MIN_STARS, Store, Track
+from bot.core.store import Store, Track
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ IMPORT_COLUMNS = ("track_id", "member_id", "stars", "listened_s")
 _CSV_HELP = "a CSV file with the header track_id,member_id,stars,listened_s"
 
 
-class FeedbackError(ValueError):
+class FeedbackError(UserFacingError, ValueError):
     """Feedback we will not record; the message is one line."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.core.config import DAYS, BotSettings
+from bot.core.errors import UserFacingError
 from bot.core.store import Store
 
 # Scheduled posts are spread over these hours of the guild's day (09:00 to 23:00).
@@ -19,7 +20,7 @@ FIRST_POST_HOUR, POST_SPAN_HOURS = 9, 14
 MAX_POSTS_PER_DAY = 12
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A setting we will not store; the message is one line a moderator can act on."""
 
 

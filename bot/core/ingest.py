@@ -54,6 +54,8 @@ import numpy as np
 from pydub import AudioSegment
 from scipy.signal import resample_poly
 
+from bot.core.errors import UserFacingError
+
 log = logging.getLogger(__name__)
 
 FFPROBE = "ffprobe"
@@ -74,12 +76,8 @@ ALLOWED_CONTAINERS = frozenset(
 _CONTAINER_NAMES = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "matroska"}
 
 
-class UploadRejected(Exception):
+class UploadRejected(UserFacingError):
     """An upload we will not take; `reason` (also `str(exc)`) is one line for the member."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

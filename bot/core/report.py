@@ -29,9 +29,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
+from bot.core.domain import Origin
+
 log = logging.getLogger(__name__)
 
-GENERATED, BASELINE, UPLOAD_SEEDED = "generated", "baseline", "upload_seeded"
+GENERATED, BASELINE, UPLOAD_SEEDED = Origin.GENERATED, Origin.BASELINE, Origin.UPLOAD_SEEDED
 ORIGINS = (GENERATED, BASELINE, UPLOAD_SEEDED)
 # Fixed colours per origin so every week's chart reads the same (colour-blind-safe trio).
 COLOURS = {GENERATED: "#0072B2", BASELINE: "#7F7F7F", UPLOAD_SEEDED: "#E69F00"}

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MIN_STARS, MAX_STARS = 1, 5
+from bot.core.domain import MAX_STARS, MIN_STARS
 
 
 @dataclass(frozen=True)

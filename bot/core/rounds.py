@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bot.core.config import Settings
+from bot.core.domain import Origin, RoundStatus
+from bot.core.errors import UserFacingError
 from bot.core.report import RoundRatings, compare, rating_chart, summary_text
 from bot.core.rewards import (
     Listen,
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict], None]
 
 
-class RoundBusy(Exception):
+class RoundBusy(UserFacingError):
     """A round for this guild is already running."""
 
 
@@ -65,7 +67,7 @@ class ChildFailed(Exception):
 class RoundSummary:
     round_id: int | None
     guild: str
-    status: str  # succeeded | skipped | failed
+    status: RoundStatus
     reason: str
     promoted: bool = False
     parent_version: str | None = None
@@ -245,7 +247,7 @@ class RoundService:
         try:
             stale = await self.store.running_round(guild)
             if stale is not None:  # we hold the lock, so its process is gone
-                await self.store.finish_round(stale.id, "failed",
+                await self.store.finish_round(stale.id, RoundStatus.FAILED,
                                               reason="interrupted: the process stopped")
             return await self._run_locked(guild, progress)
         finally:
@@ -257,10 +259,10 @@ class RoundService:
         rolled_back = await self._auto_rollback(guild, champion)
         if rolled_back:
             champion = await asyncio.to_thread(self.registry.resolve_active, guild)
-        previous = [r for r in await self.store.rounds(guild) if r.status == "succeeded"]
+        previous = [r for r in await self.store.rounds(guild) if r.status == RoundStatus.SUCCEEDED]
         since = previous[0].started_at if previous else None
         row = await self.store.start_round(guild, parent_version=champion.version)
-        summary = RoundSummary(round_id=row.id, guild=guild, status="running", reason="",
+        summary = RoundSummary(round_id=row.id, guild=guild, status=RoundStatus.RUNNING, reason="",
                                parent_version=champion.version, rolled_back=rolled_back)
         work = self.settings.work_dir / f"round-{row.id}"
         try:
@@ -272,12 +274,12 @@ class RoundService:
             summary.counts = data.counts
             short = self._too_little(data.counts)
             if short:
-                summary.status, summary.reason = "skipped", short
+                summary.status, summary.reason = RoundStatus.SKIPPED, short
             else:
                 await self._train_and_judge(guild, champion, data, work, summary, progress)
-                summary.status = "succeeded"
+                summary.status = RoundStatus.SUCCEEDED
         except (ChildFailed, OSError, ValueError, RoundConflict) as exc:
-            summary.status, summary.reason = "failed", str(exc)
+            summary.status, summary.reason = RoundStatus.FAILED, str(exc)
             log.error("guild %s: round %s failed: %s", guild, row.id, exc)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -352,9 +354,9 @@ class RoundService:
         if champion.parent is None:
             return None
         feedback = await self.store.track_feedback(guild, since=champion.created_at)
-        new = [v.stars for f in feedback if f.track.origin == "generated"
+        new = [v.stars for f in feedback if f.track.origin == Origin.GENERATED
                and f.track.model_version == champion.version for v in f.votes]
-        base = [v.stars for f in feedback if f.track.origin == "baseline"
+        base = [v.stars for f in feedback if f.track.origin == Origin.BASELINE
                 and f.track.created_at >= champion.created_at for v in f.votes]
         if len(new) < 10 or len(base) < 10:
             return None

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiosqlite
 
+from bot.core.domain import MAX_STARS, MIN_STARS, Origin, RoundStatus
 from bot.core.listening import union_seconds
 
-ORIGINS = ("generated", "baseline", "upload_seeded")
-ROUND_STATUSES = ("running", "succeeded", "failed", "skipped")
-MIN_STARS, MAX_STARS = 1, 5
+ORIGINS = tuple(o.value for o in Origin)  # as written in the CHECK constraints below
+ROUND_STATUSES = tuple(s.value for s in RoundStatus)
 
 # Append-only: each entry moves the schema from version i to i+1. Never edit a shipped one.
 MIGRATIONS: list[str] = [
@@ -559,7 +559,7 @@ class Store:
     ) -> RoundRow:
         """End a running round with its outcome. `RoundConflict` if it is not running (a
         finished round's record is history and is never rewritten); KeyError if unknown."""
-        if status not in ROUND_STATUSES or status == "running":
+        if status not in ROUND_STATUSES or status == RoundStatus.RUNNING:
             raise ValueError(f"a round finishes as succeeded, failed or skipped, not {status!r}")
         cur = await self.db.execute(
             "UPDATE rounds SET status = ?, ended_at = ?, "

@@ -51,12 +51,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from bot.core.domain import MAX_STARS, MIN_STARS
 from model.features import AudioFeatures, extract
 from model.synth import SAMPLE_RATE, SCALES, PieceParams, render
 
 log = logging.getLogger(__name__)
 
-MIN_STARS, MAX_STARS = 1, 5
 TASTE_FEATURES = ("brightness", "busyness", "register", "percussion")
 COMMUNITY_CENTRE = np.array([0.25, 4.6, 58.0, 21.0])
 COMMUNITY_WIDTH = np.array([1.3, 3.0, 10.0, 15.0])
