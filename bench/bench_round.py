@@ -23,13 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bot.core.audio import encode
-from bot.core.config import load_settings
-from bot.core.feedback import FeedbackService
-from bot.core.rounds import RoundService
-from bot.core.store import Store
-from bot.core.tracks import TrackService
-from bot.core.uploads import UploadService
-from bot.core.worker import GenerationWorker
+from bot.core.config import BotSettings, load_settings
+from bot.core.services import Services
 from bot.experiment.community import Community, listen_seconds, make_upload
 from model.codec import MelConfig
 from model.corpus_pool import load_pool
@@ -48,22 +43,20 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     a = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="crowdtune-bench-round-"))
-    settings = load_settings(data_dir=scratch, track_seconds=a.seconds)
+    settings = load_settings(None, BotSettings, data_dir=scratch, track_seconds=a.seconds)
     registry = ModelRegistry(settings.models_dir)
     shutil.copytree(a.base, registry.base_dir)
     t0 = time.perf_counter()
     load_pool(settings.finetune_replay_clips, mel=MelConfig.load(registry.base_dir / "mel"),
               cache_dir=settings.cache_dir)
     pool_s = time.perf_counter() - t0
-    worker = GenerationWorker(settings.torch_threads)
     rng = np.random.default_rng(0)
     community = Community(seed=0)
     try:
-        async with await Store.open(settings.db_path) as store:
+        async with await Services.open(settings) as services:
             t0 = time.perf_counter()
-            tracks = await TrackService(settings, store, registry, worker).generate_mix(
-                GUILD, a.tracks, seed=0)
-            feedback = FeedbackService(store)
+            tracks = await services.tracks.generate_mix(GUILD, a.tracks, seed=0)
+            feedback = services.feedback
             feats = [extract(load_audio(t.path, 16000), 16000) for t in tracks]
             stars = community.rate_tracks(feats, rng)
             for i, (t, f) in enumerate(zip(tracks, feats, strict=True)):
@@ -73,7 +66,7 @@ async def main() -> None:
                         await feedback.record_listen(t.track_id, m.id, 1e9 + i, 0.0,
                                                      listen_seconds(m, f, t.duration_s, rng),
                                                      True)
-            uploads = UploadService(settings, store)
+            uploads = services.uploads
             for k in range(a.uploads):
                 member = community.members[k % len(community.members)]
                 path = encode(make_upload(member, rng, seconds=30.0), 16000,
@@ -81,12 +74,11 @@ async def main() -> None:
                 await uploads.ingest(GUILD, str(member.id), path, f"song {k}.mp3")
             print(f"setup: {a.tracks} tracks of {a.seconds:.0f} s, {a.uploads} uploads "
                   f"({time.perf_counter() - t0:.0f} s, not timed)")
-            worker.close()
+            services.worker.close()  # the round's children get the memory
             t0 = time.perf_counter()
-            summary = await RoundService(settings, store, registry).run_round(GUILD)
+            summary = await services.rounds.run_round(GUILD)
             wall = time.perf_counter() - t0
     finally:
-        worker.close()
         shutil.rmtree(scratch, ignore_errors=True)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

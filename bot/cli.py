@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
-import re
-import shutil
+import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,17 +16,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from bot.core.config import Settings, load_settings
-from model.pipeline import CheckpointError
-from model.registry import ModelRegistry, RegistryError
+from bot.core.config import BotSettings, Settings, load_settings
+from bot.core.errors import UserFacingError
+from bot.core.ids import is_valid_id
+from model.files import atomic_dir
+from model.registry import CheckpointError, ModelRegistry, RegistryError
 
 log = logging.getLogger("crowdtune")
 console = Console(stderr=True)
-GUILD_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class UserError(Exception):
-    """A one-line reason shown to the user; exit status 2."""
+class UserError(UserFacingError):
+    """Bad input on the command line; like every `UserFacingError`: one line, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,14 +36,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def guild_arg(value: str) -> str:
-    if not GUILD_RE.match(value):
+    if not is_valid_id(value):
         raise argparse.ArgumentTypeError(
             f"invalid guild {value!r}: use a Discord guild id or letters, digits, - and _")
     return value
 
 
 def member_arg(value: str) -> str:
-    if not GUILD_RE.match(value):  # same shape as guilds: a snowflake or a simple name
+    if not is_valid_id(value):  # same shape as guilds: a snowflake or a simple name
         raise argparse.ArgumentTypeError(
             f"invalid member {value!r}: use a Discord user id or letters, digits, - and _")
     return value
@@ -186,9 +185,8 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
         console.print(f"base model already at {registry.base_dir} (use --force to retrain)")
         _ensure_pool(settings, registry.base_dir)
         return 0
-    registry.root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=registry.root, prefix=".base."))
-    try:
+    # Atomic: a crash leaves no half-written base (and the old one, if any, in place).
+    with atomic_dir(registry.base_dir) as tmp:
         if settings.base_model != "builtin":
             console.print(f"importing base model {settings.base_model}")
             CrowdtunePipeline.from_pretrained(settings.base_model).save_pretrained(tmp)
@@ -210,11 +208,6 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
                     task, completed=s, info=f"loss {loss:.3f}"))
             console.print(f"pretrained in {report['seconds']} s, final loss "
                           f"{report['final_loss']:.4f}")
-        if registry.base_dir.exists():
-            shutil.rmtree(registry.base_dir)
-        tmp.rename(registry.base_dir)  # atomic: a crash above leaves no half-written base
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     console.print(f"base model saved to {registry.base_dir}")
     _ensure_pool(settings, registry.base_dir)
     return 0
@@ -233,10 +226,8 @@ def _ensure_pool(settings: Settings, base_dir: Path) -> None:
                   cache_dir=settings.cache_dir)
 
 
-async def _generate(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.core.store import Store
-    from bot.core.tracks import TrackService
-    from bot.core.worker import GenerationWorker
+async def _generate(settings: BotSettings, args: argparse.Namespace) -> int:
+    from bot.core.services import Services
 
     if args.seconds is not None and not 1 <= args.seconds <= 300:
         raise UserError(f"--seconds must be between 1 and 300, got {args.seconds}")
@@ -244,40 +235,34 @@ async def _generate(settings: Settings, args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} exists and is not a folder")
     if args.wav:
         settings = settings.model_copy(update={"keep_wav": True})
-    worker = GenerationWorker(settings.torch_threads)
-    async with await Store.open(settings.db_path) as store:
-        service = TrackService(settings, store, ModelRegistry(settings.models_dir), worker)
-        try:
-            await service.active_version(args.guild)  # fail before drawing a progress bar
-            with progress_bar() as bar:
-                task = bar.add_task(f"generating {args.n} track(s)", total=args.n, info="")
-                for i in range(args.n):
-                    seed = None if args.seed is None else args.seed + i
-                    (track,) = await service.generate(args.guild, 1, args.out, seed=seed,
-                                                      seconds=args.seconds)
-                    bar.update(task, completed=i + 1, info=f"#{track.track_id}")
-                    if args.json:
-                        print(json.dumps(track.to_dict()), flush=True)
-                    else:
-                        bar.console.print(f"track {track.track_id}: {track.path} "
-                                          f"({track.duration_s:.1f} s, model "
-                                          f"{track.model_version}, seed {track.seed})")
-        finally:
-            worker.close()
+    async with await Services.open(settings) as services:
+        tracks = services.tracks
+        await tracks.active_version(args.guild)  # fail before drawing a progress bar
+        with progress_bar() as bar:
+            task = bar.add_task(f"generating {args.n} track(s)", total=args.n, info="")
+            for i in range(args.n):
+                seed = None if args.seed is None else args.seed + i
+                (track,) = await tracks.generate(args.guild, 1, args.out, seed=seed,
+                                                 seconds=args.seconds)
+                bar.update(task, completed=i + 1, info=f"#{track.track_id}")
+                if args.json:
+                    print(json.dumps(track.to_dict()), flush=True)
+                else:
+                    bar.console.print(f"track {track.track_id}: {track.path} "
+                                      f"({track.duration_s:.1f} s, model "
+                                      f"{track.model_version}, seed {track.seed})")
     return 0
 
 
-async def _upload(settings: Settings, args: argparse.Namespace) -> int:
+async def _upload(settings: BotSettings, args: argparse.Namespace) -> int:
     from bot.core.ingest import UploadRejected
-    from bot.core.store import Store
-    from bot.core.uploads import UploadService
+    from bot.core.services import Services
 
     rejected = 0
-    async with await Store.open(settings.db_path) as store:
-        service = UploadService(settings, store)
+    async with await Services.open(settings) as services:
         for path in args.files:
             try:
-                row, is_new = await service.ingest(args.guild, args.member, path)
+                row, is_new = await services.uploads.ingest(args.guild, args.member, path)
             except UploadRejected as exc:
                 rejected += 1
                 print(f"crowdtune: error: {path}: {exc.reason}", file=sys.stderr, flush=True)
@@ -298,15 +283,11 @@ async def _upload(settings: Settings, args: argparse.Namespace) -> int:
     return 2 if rejected else 0
 
 
-async def _feedback_import(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.core.feedback import FeedbackFileError, FeedbackService
-    from bot.core.store import Store
+async def _feedback_import(settings: BotSettings, args: argparse.Namespace) -> int:
+    from bot.core.services import Services
 
-    async with await Store.open(settings.db_path) as store:
-        try:
-            summary = await FeedbackService(store).import_file(args.file)
-        except FeedbackFileError as exc:
-            raise UserError(str(exc)) from exc
+    async with await Services.open(settings) as services:
+        summary = await services.feedback.import_file(args.file)  # FeedbackFileError: exit 2
     for e in summary.errors:
         print(f"{args.file}:{e.line}: {e.reason}", file=sys.stderr)
     if args.json:
@@ -319,26 +300,22 @@ async def _feedback_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
+async def _round_run(settings: BotSettings, args: argparse.Namespace) -> int:
     from bot.core.domain import RoundStatus
-    from bot.core.rounds import RoundBusy, RoundService
-    from bot.core.store import Store
+    from bot.core.services import Services
+    from model.contracts import ChildEvent, StartedEvent, StepEvent
 
-    async with await Store.open(settings.db_path) as store:
-        service = RoundService(settings, store, ModelRegistry(settings.models_dir))
+    async with await Services.open(settings) as services:
         with progress_bar() as bar:
             task = bar.add_task("round", total=settings.finetune_steps, info="starting")
 
-            def on_event(ev: dict) -> None:
-                if ev.get("event") == "step":
-                    bar.update(task, completed=ev["step"], info=f"loss {ev['loss']:.3f}")
-                elif ev.get("event") == "started":
-                    bar.update(task, info=ev["module"].split(".")[-1])
+            def on_event(ev: ChildEvent) -> None:
+                if isinstance(ev, StepEvent):
+                    bar.update(task, completed=ev.step, info=f"loss {ev.loss:.3f}")
+                elif isinstance(ev, StartedEvent):
+                    bar.update(task, info=ev.module.split(".")[-1])
 
-            try:
-                summary = await service.run_round(args.guild, on_event)
-            except RoundBusy as exc:
-                raise UserError(str(exc)) from exc
+            summary = await services.rounds.run_round(args.guild, on_event)  # RoundBusy: 2
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
@@ -348,7 +325,7 @@ async def _round_run(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if summary.status == RoundStatus.FAILED else 0
 
 
-async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
     from bot.experiment.simulate import ABLATIONS, SimConfig, Simulation, markdown, write_outputs
 
     registry = ModelRegistry(settings.models_dir)
@@ -423,37 +400,25 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """`crowdtune run`: the bot, with the bot's settings on top of the shared ones."""
-    from bot.adapter.client import UserFacingError, run_bot
-    from bot.core.config import BotSettings, load_settings
+def cmd_run(settings: BotSettings, args: argparse.Namespace) -> int:
+    """`crowdtune run`: the Discord bot, until it is stopped."""
+    from bot.adapter.client import run_bot
 
-    try:
-        settings = load_settings(args.config, BotSettings, data_dir=args.data_dir)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise UserError(f"bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
     if not args.verbose:  # a long-running service: say what it does
         for name in ("crowdtune", "bot", "cogs", "discord"):
             logging.getLogger(name).setLevel(logging.INFO)
-    try:
-        asyncio.run(run_bot(settings, sync=args.sync))
-    except UserFacingError as exc:
-        raise UserError(str(exc)) from exc
-    except RegistryError as exc:
-        raise UserError(str(exc)) from exc
+    asyncio.run(run_bot(settings, sync=args.sync))
     return 0
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_error()  # its notices are not for our users
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # its notices are not for our users
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_settings(args.config, data_dir=args.data_dir)
+        # The bot's settings for every command: one loader, one set of defaults.
+        settings = load_settings(args.config, BotSettings, data_dir=args.data_dir)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"bad setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
@@ -470,14 +435,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "simulate":
         return asyncio.run(_simulate(settings, args))
     if args.command == "run":
-        return cmd_run(args)
+        return cmd_run(settings, args)
     return cmd_model(settings, args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(argv)
-    except (UserError, RegistryError, CheckpointError) as exc:
+    except (UserFacingError, RegistryError, CheckpointError) as exc:
         print(f"crowdtune: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -1,26 +1,26 @@
 """Moderator commands: /setup, /round, /model, /stats, /schedule, /sync.
 
-Hidden from members by default (Manage Server), and checked here on every call as well,
-since a server can show the commands to anyone: a member needs Manage Server or the
-moderator role set with /setup. Replies are private.
+Hidden from members by default (Manage Server), and checked on every call as well
+(`checks.moderator_only`), since a server can show the commands to anyone: a member needs
+Manage Server or the moderator role set with /setup. Replies are private. Everything else is
+the services': rounds, model versions, statistics, guild settings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.adapter.client import CrowdtuneBot, NotModerator, UserFacingError, is_moderator
-from bot.core.domain import RoundStatus
-from bot.core.guild_config import MAX_POSTS_PER_DAY, GuildConfig
-from bot.core.store import RoundRow
-from model.registry import RegistryError
+from bot.adapter import checks
+from bot.adapter.client import CrowdtuneBot, UserFacingError
+from bot.core.domain import MAX_GENERATE_PER_HOUR, MAX_POSTS_PER_DAY, RoundStatus
+from bot.core.guild_config import GuildConfig
+from bot.core.rounds import RoundRow
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,6 @@ class Moderation(commands.Cog):
     def __init__(self, bot: CrowdtuneBot) -> None:
         self.bot = bot
 
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.guild is None:
-            raise app_commands.NoPrivateMessage()
-        cfg = await self.bot.services.configs.get(interaction.guild.id)
-        if not is_moderator(interaction.user, interaction.permissions, cfg):
-            raise NotModerator()
-        return True
-
     async def _reply(self, interaction: discord.Interaction, text: str) -> None:
         if interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True)
@@ -77,6 +69,7 @@ class Moderation(commands.Cog):
         moderator_role="Members with this role may use the moderator commands")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
+    @checks.moderator_only()
     async def setup_command(self, interaction: discord.Interaction,
                             music_channel: discord.TextChannel | None = None,
                             uploads_channel: discord.TextChannel | None = None,
@@ -98,6 +91,7 @@ class Moderation(commands.Cog):
                  "Moderator role: " + (f"<@&{cfg.moderator_role_id}>" if cfg.moderator_role_id
                                        else "not set (Manage Server only)")]
         lines += self._permission_warnings(guild, cfg)
+        lines += await self.bot.pin_uploads_howto(guild, cfg)
         if cfg.music_channel_id is None:
             lines.append("Set a music channel so tracks and round reports get posted.")
         await self._reply(interaction, "\n".join(lines))
@@ -127,6 +121,7 @@ class Moderation(commands.Cog):
                                      guild_only=True, default_permissions=MOD_PERMISSIONS)
 
     @round_group.command(name="now", description="Run this week's round now")
+    @checks.moderator_only()
     async def round_now(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         self.bot.start_round(interaction.guild.id)
@@ -136,17 +131,16 @@ class Moderation(commands.Cog):
                           "Follow it with /round status.")
 
     @round_group.command(name="status", description="The running or the last round")
+    @checks.moderator_only()
     async def round_status(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         gid = str(interaction.guild.id)
-        store = self.bot.services.store
-        running = await store.running_round(gid)
+        state = await self.bot.services.rounds.state(gid)
+        running, last = state.running, state.last
         lines = []
         if self.bot.round_task(gid) is not None or running is not None:
             since = f" since {when(running.started_at)}" if running else ""
             lines.append(f"A round is running{since}.")
-        last = next((r for r in await store.rounds(gid, limit=5)
-                     if r.status != RoundStatus.RUNNING), None)
         lines.append(f"Last round: {round_line(last)}" if last else "No round has run yet.")
         nxt = self.bot.scheduler.next_run(f"round:{gid}")
         cfg = await self.bot.services.configs.get(gid)
@@ -155,9 +149,10 @@ class Moderation(commands.Cog):
         await self._reply(interaction, "\n".join(lines))
 
     @round_group.command(name="history", description="The last rounds and what they did")
+    @checks.moderator_only()
     async def round_history(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
-        rows = await self.bot.services.store.rounds(str(interaction.guild.id), limit=8)
+        rows = await self.bot.services.rounds.history(str(interaction.guild.id), limit=8)
         text = "\n".join(round_line(r) for r in rows) if rows else "No round has run yet."
         await self._reply(interaction, text[:1900])
 
@@ -167,16 +162,15 @@ class Moderation(commands.Cog):
                                      guild_only=True, default_permissions=MOD_PERMISSIONS)
 
     @model_group.command(name="info", description="The active model and its versions")
+    @checks.moderator_only()
     async def model_info(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
-        registry = self.bot.services.registry
-        gid = str(interaction.guild.id)
-        versions = await asyncio.to_thread(registry.versions, gid)
+        overview = await self.bot.services.models.overview(interaction.guild.id)
+        versions, active = overview.versions, overview.active
         if not versions:
             await self._reply(interaction, "No model yet: the first track creates v0001 from "
                               "the base model.")
             return
-        active = registry.active_name(gid)
         lines = [f"Active model: **{active}** ({len(versions)} version(s))"]
         for v in versions[-8:]:
             mark = " ← active" if v.version == active else ""
@@ -188,14 +182,11 @@ class Moderation(commands.Cog):
     @model_group.command(name="rollback", description="Go back to the previous (or a named) "
                          "model version")
     @app_commands.describe(version="e.g. v0002; default: the active version's parent")
+    @checks.moderator_only()
     async def model_rollback(self, interaction: discord.Interaction,
                              version: str | None = None) -> None:
         assert interaction.guild is not None
-        try:
-            info = await asyncio.to_thread(self.bot.services.registry.rollback,
-                                           str(interaction.guild.id), version or None)
-        except RegistryError as exc:
-            raise UserFacingError(f"Cannot roll back: {exc}.") from exc
+        info = await self.bot.services.models.rollback(interaction.guild.id, version)
         log.warning("guild %s: %s rolled the model back to %s", interaction.guild.id,
                     interaction.user.id, info.version)
         await self._reply(interaction, f"**{info.version}** is active again; the next tracks "
@@ -208,13 +199,13 @@ class Moderation(commands.Cog):
     @app_commands.describe(days="How far back (default: the last 7 days)")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
+    @checks.moderator_only()
     async def stats(self, interaction: discord.Interaction,
                     days: app_commands.Range[int, 1, 365] = 7) -> None:
         guild = interaction.guild
         assert guild is not None
         await interaction.response.defer(ephemeral=True, thinking=True)  # the chart takes a bit
-        since = (self.bot.clock() - timedelta(days=days)).timestamp()
-        s = await self.bot.services.store.guild_stats(str(guild.id), since)
+        s = await self.bot.services.stats.last_days(guild.id, days)
         hours = s.listened_s / 3600
         lines = [f"**Last {days} day{'s' if days != 1 else ''}**",
                  f"Tracks: {s.tracks} · votes: {s.votes} from {s.voters} member(s)",
@@ -252,6 +243,7 @@ class Moderation(commands.Cog):
             f"/generate: {cfg.generate_per_hour} per member per hour"])
 
     @schedule_group.command(name="show", description="The round and posting schedule")
+    @checks.moderator_only()
     async def schedule_show(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         await self._reply(interaction, await self._schedule_text(interaction.guild.id))
@@ -262,12 +254,13 @@ class Moderation(commands.Cog):
         minute="Minute of the round", timezone="IANA time zone, e.g. Europe/Berlin",
         posts_per_day=f"Tracks posted a day (0-{MAX_POSTS_PER_DAY})",
         generate_per_hour="/generate uses per member per hour (0 turns it off)")
+    @checks.moderator_only()
     async def schedule_set(
         self, interaction: discord.Interaction, day: Day | None = None,
         hour: app_commands.Range[int, 0, 23] | None = None,
         minute: app_commands.Range[int, 0, 59] | None = None, timezone: str | None = None,
         posts_per_day: app_commands.Range[int, 0, MAX_POSTS_PER_DAY] | None = None,
-        generate_per_hour: app_commands.Range[int, 0, 60] | None = None,
+        generate_per_hour: app_commands.Range[int, 0, MAX_GENERATE_PER_HOUR] | None = None,
     ) -> None:
         guild = interaction.guild
         assert guild is not None
@@ -288,6 +281,7 @@ class Moderation(commands.Cog):
     @app_commands.command(name="sync", description="Re-register the bot's slash commands")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
+    @checks.moderator_only()
     async def sync(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         lines = await self.bot.sync_commands()

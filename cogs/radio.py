@@ -1,4 +1,7 @@
-"""/radio start|stop|skip|now, and listening time from voice state updates."""
+"""/radio start|stop|skip|now, and listening time from voice state updates.
+
+The player itself is `bot.adapter.radio.Radio` (`bot.radio`); these are its commands.
+"""
 
 from __future__ import annotations
 
@@ -8,29 +11,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.adapter.client import CrowdtuneBot, UserFacingError, is_moderator
+from bot.adapter import checks
+from bot.adapter.client import CrowdtuneBot, UserFacingError
 
 log = logging.getLogger(__name__)
 
 
-class Radio(commands.Cog):
+class RadioCommands(commands.Cog):
     def __init__(self, bot: CrowdtuneBot) -> None:
         self.bot = bot
 
     radio = app_commands.Group(name="radio", description="The bot plays tracks in voice",
                                guild_only=True)
-
-    async def _check_in_charge(self, interaction: discord.Interaction) -> None:
-        """Stopping or skipping is for moderators and members in the radio's channel."""
-        assert interaction.guild is not None
-        cfg = await self.bot.services.configs.get(interaction.guild.id)
-        channel_id = self.bot.radio.channel_of(interaction.guild.id)
-        voice = getattr(interaction.user, "voice", None)
-        here = voice is not None and voice.channel is not None and \
-            voice.channel.id == channel_id
-        if not here and not is_moderator(interaction.user, interaction.permissions, cfg):
-            raise UserFacingError("Join the radio's voice channel to do that (or ask a "
-                                  "moderator).")
 
     @radio.command(name="start", description="Play this server's tracks in voice")
     async def start(self, interaction: discord.Interaction) -> None:
@@ -51,18 +43,18 @@ class Radio(commands.Cog):
                                         "counts as feedback (deafened does not).")
 
     @radio.command(name="stop", description="Stop the radio")
+    @checks.radio_listener_or_moderator()
     async def stop(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         if self.bot.radio.channel_of(interaction.guild.id) is None:
             raise UserFacingError("The radio is not on.")
-        await self._check_in_charge(interaction)
         await self.bot.radio.stop(interaction.guild.id)
         await interaction.response.send_message("Radio off.")
 
     @radio.command(name="skip", description="Skip to the next track")
+    @checks.radio_listener_or_moderator()
     async def skip(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
-        await self._check_in_charge(interaction)
         if not self.bot.radio.skip(interaction.guild.id):
             raise UserFacingError("Nothing is playing.")
         await interaction.response.send_message("Skipped.")
@@ -91,4 +83,4 @@ class Radio(commands.Cog):
 
 
 async def setup(bot: CrowdtuneBot) -> None:
-    await bot.add_cog(Radio(bot))
+    await bot.add_cog(RadioCommands(bot))

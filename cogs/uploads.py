@@ -1,37 +1,24 @@
 """Song uploads: `/upload` with an attachment, or a post in the guild's uploads channel.
 
-The declared size is checked before anything is downloaded; the file then goes through the
-same `UploadService.ingest` as `crowdtune upload`, and the member hears what was understood
-(duration, format) or the one reason it was not taken.
+The declared size is checked before anything is downloaded; the bytes then go through
+`UploadService.ingest_bytes`, the same checks, conversion and records as `crowdtune upload`,
+and the member hears what was understood (duration, format) or the one reason it was not
+taken.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import shutil
-import tempfile
-from pathlib import Path
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.adapter.client import CrowdtuneBot
-from bot.core.ingest import UploadRejected, check_size
-from bot.core.store import UploadRow
+from bot.core.ingest import UploadRejected
+from bot.core.uploads import UploadRow
 
 log = logging.getLogger(__name__)
-
-
-def _write_temp(data: bytes, filename: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="crowdtune-attachment-"))
-    # The member's file name never becomes a path; only a plain suffix helps ffprobe.
-    suffix = Path(filename).suffix
-    safe = suffix if suffix[1:].isalnum() and len(suffix) <= 6 else ""
-    path = folder / f"upload{safe}"
-    path.write_bytes(data)
-    return path
 
 
 def accepted_text(row: UploadRow, is_new: bool) -> str:
@@ -50,27 +37,21 @@ class Uploads(commands.Cog):
     async def ingest(self, guild_id: int, member_id: int, attachment: discord.Attachment
                      ) -> tuple[UploadRow, bool]:
         """Check the size, download, ingest; `UploadRejected` with the reason otherwise."""
-        limits = self.bot.services.uploads.limits
-        check_size(attachment.size, limits)  # before downloading anything
+        uploads = self.bot.services.uploads
+        uploads.check_size(attachment.size)  # before downloading anything
         try:
             data = await attachment.read()
         except discord.HTTPException as exc:
             raise UploadRejected("I could not download that file from Discord; please try "
                                  "again.") from exc
-        check_size(len(data), limits)  # the declared size may have been wrong
-        path = await asyncio.to_thread(_write_temp, data, attachment.filename)
-        try:
-            return await self.bot.services.uploads.ingest(str(guild_id), member_id, path,
-                                                          original_name=attachment.filename)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, path.parent, True)
+        return await uploads.ingest_bytes(guild_id, member_id, data, attachment.filename)
 
     @app_commands.command(name="upload", description="Share a song the model should learn from")
     @app_commands.describe(song="An audio file: mp3, ogg, wav, flac or m4a, 10 s to 10 min")
     @app_commands.guild_only()
     async def upload(self, interaction: discord.Interaction, song: discord.Attachment) -> None:
         assert interaction.guild is not None
-        check_size(song.size, self.bot.services.uploads.limits)  # refuse before deferring
+        self.bot.services.uploads.check_size(song.size)  # refuse before deferring
         await interaction.response.defer(ephemeral=True, thinking=True)
         row, is_new = await self.ingest(interaction.guild.id, interaction.user.id, song)
         await interaction.followup.send(accepted_text(row, is_new), ephemeral=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,12 +20,13 @@ import numpy as np
 import torch
 
 from model.codec import MelCodec, MelConfig
+from model.contracts import POOL_SEED  # corpus seed of the pool
 from model.features import extract
+from model.files import atomic_path
 from model.reward_model import reward_vector
 from model.train import corpus_images
 
 log = logging.getLogger(__name__)
-POOL_SEED = 20_000  # corpus seed of the pool: apart from pretraining's and the benchmarks'
 
 
 @dataclass
@@ -62,8 +62,6 @@ def load_pool(n: int, seed: int = POOL_SEED, mel: MelConfig | None = None,
         except (OSError, ValueError, KeyError) as exc:  # a torn write: rebuild it
             log.warning("corpus pool cache %s unreadable (%s); rebuilding", path, exc)
     pool = _build(n, seed, mel)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
-    np.savez(tmp, images=pool.images.numpy().astype(np.float16), vectors=pool.vectors)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, images=pool.images.numpy().astype(np.float16), vectors=pool.vectors)
     return pool

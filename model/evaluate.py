@@ -13,44 +13,28 @@ before the community hears anything:
   collapses onto one liked track is not promoted;
 - spectral flatness and loudness against the champion's, so drifting toward noise or
   silence is not promoted either.
+
+Clips are generated on the GPU when there is one (the noise still comes from seeded CPU
+generators, so both models start from the same noise), else on the CPU.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from model.contracts import ErrorEvent, EvalMetrics, EvalSpec, Verdict
 from model.features import diversity, extract
-from model.finetune import load_audio, reward_rows
-from model.pipeline import CrowdtunePipeline
+from model.finetune import load_audio, print_event, reward_rows
+from model.pipeline import CrowdtunePipeline, best_device
 from model.reward_model import RewardModel, reward_vector
 
 
-@dataclass
-class EvalSpec:
-    champion_dir: str
-    candidate_dir: str
-    rated: list[dict] = field(default_factory=list)  # {"path", "reward"}, uploads included
-    reward_model: str | None = None  # the fine-tune's fitted reward model, if it saved one
-    liked: list[str] = field(default_factory=list)  # paths
-    clips: int = 24
-    steps: int = 20
-    seed: int = 1234
-    min_reward_corr: float = 0.2
-    # Per round, on a few clips (noisy): a focused candidate may lose some spread, not half.
-    min_diversity: float = 0.5
-    max_flatness_ratio: float = 1.5
-    max_loudness_drop_db: float = 6.0
-    threads: int = 2
-
-
 def _generate(model_dir: str, spec: EvalSpec) -> tuple[list[np.ndarray], int]:
-    pipe = CrowdtunePipeline.from_pretrained(model_dir)
+    pipe = CrowdtunePipeline.from_pretrained(model_dir).to(best_device())
     out = []
     for start in range(0, spec.clips, 8):
         res = pipe(batch_size=min(8, spec.clips - start), num_inference_steps=spec.steps,
@@ -68,7 +52,7 @@ def _reward_vectors(feats: list) -> np.ndarray:
     return np.stack([reward_vector(f) for f in feats])
 
 
-def evaluate(spec: EvalSpec) -> dict:
+def evaluate(spec: EvalSpec) -> Verdict:
     torch.set_num_threads(spec.threads)
     champion, sr = _generate(spec.champion_dir, spec)
     candidate, _ = _generate(spec.candidate_dir, spec)
@@ -77,60 +61,65 @@ def evaluate(spec: EvalSpec) -> dict:
     mu, sd = xc.mean(0), xc.std(0) + 1e-6  # the champion's spread is the ruler
     zc, zn = (xc - mu) / sd, (xn - mu) / sd
 
-    m: dict = {"clips": spec.clips}
     model = None
     if spec.reward_model and Path(spec.reward_model).is_file():
         model = RewardModel.load(Path(spec.reward_model))
     elif len(spec.rated) >= 4:
         x, y, groups = reward_rows(spec.rated, sr)
         model = RewardModel.fit(x, y, groups=groups)
+    reward: dict[str, float] = {}
     if model is not None:
-        m["reward_model_corr"] = model.corr
-        m["pred_reward_champion"] = float(model.predict(_reward_vectors(fc)).mean())
-        m["pred_reward_candidate"] = float(model.predict(_reward_vectors(fn)).mean())
+        reward = {"reward_model_corr": model.corr,
+                  "pred_reward_champion": float(model.predict(_reward_vectors(fc)).mean()),
+                  "pred_reward_candidate": float(model.predict(_reward_vectors(fn)).mean())}
+    liked: dict[str, float] = {}
     if spec.liked:
         xl, _ = _features([load_audio(p, sr)[: sr * 20] for p in spec.liked], sr)
         centre = ((xl - mu) / sd).mean(0)
-        m["liked_dist_champion"] = float(np.linalg.norm(zc - centre, axis=1).mean())
-        m["liked_dist_candidate"] = float(np.linalg.norm(zn - centre, axis=1).mean())
-    m["diversity_ratio"] = diversity(zn) / max(diversity(zc), 1e-9)
-    m["flatness_champion"] = float(np.median([f.flatness for f in fc]))
-    m["flatness_candidate"] = float(np.median([f.flatness for f in fn]))
-    m["loudness_champion"] = float(np.median([f.loudness_db for f in fc]))
-    m["loudness_candidate"] = float(np.median([f.loudness_db for f in fn]))
-    m.update(verdict(m, spec))
-    return m
+        liked = {"liked_dist_champion": float(np.linalg.norm(zc - centre, axis=1).mean()),
+                 "liked_dist_candidate": float(np.linalg.norm(zn - centre, axis=1).mean())}
+    m = EvalMetrics(
+        clips=spec.clips,
+        diversity_ratio=diversity(zn) / max(diversity(zc), 1e-9),
+        flatness_champion=float(np.median([f.flatness for f in fc])),
+        flatness_candidate=float(np.median([f.flatness for f in fn])),
+        loudness_champion=float(np.median([f.loudness_db for f in fc])),
+        loudness_candidate=float(np.median([f.loudness_db for f in fn])),
+        **reward, **liked)
+    return verdict(m, spec)
 
 
-def verdict(m: dict, spec: EvalSpec) -> dict:
+def verdict(m: EvalMetrics, spec: EvalSpec) -> Verdict:
     """Promote when the candidate is better by a trusted measure and breaks no guard."""
-    if m["diversity_ratio"] < spec.min_diversity:
-        return {"promote": False, "reason": f"diversity fell to {m['diversity_ratio']:.0%} "
-                                            "of the champion's"}
-    if m["flatness_candidate"] > spec.max_flatness_ratio * m["flatness_champion"] + 0.01:
-        return {"promote": False, "reason": "output drifted toward noise (spectral flatness "
-                f"{m['flatness_candidate']:.3f} vs {m['flatness_champion']:.3f})"}
-    if m["loudness_candidate"] < m["loudness_champion"] - spec.max_loudness_drop_db:
-        return {"promote": False, "reason": "output drifted toward silence (loudness "
-                f"{m['loudness_candidate']:.1f} vs {m['loudness_champion']:.1f} dBFS)"}
-    if m.get("reward_model_corr", 0.0) >= spec.min_reward_corr:
-        gain = m["pred_reward_candidate"] - m["pred_reward_champion"]
-        return {"promote": gain > 0, "reason": f"predicted reward {gain:+.3f} (reward model "
-                f"held-out r={m['reward_model_corr']:.2f})"}
-    if "liked_dist_candidate" in m:
-        closer = m["liked_dist_champion"] - m["liked_dist_candidate"]
-        return {"promote": closer > 0, "reason": f"distance to liked music {-closer:+.3f} "
-                "(reward model not trusted)"}
-    return {"promote": False, "reason": "nothing to measure the candidate by"}
+    def keep(reason: str) -> Verdict:
+        return Verdict(promote=False, reason=reason, metrics=m)
+
+    if m.diversity_ratio < spec.min_diversity:
+        return keep(f"diversity fell to {m.diversity_ratio:.0%} of the champion's")
+    if m.flatness_candidate > spec.max_flatness_ratio * m.flatness_champion + 0.01:
+        return keep("output drifted toward noise (spectral flatness "
+                    f"{m.flatness_candidate:.3f} vs {m.flatness_champion:.3f})")
+    if m.loudness_candidate < m.loudness_champion - spec.max_loudness_drop_db:
+        return keep("output drifted toward silence (loudness "
+                    f"{m.loudness_candidate:.1f} vs {m.loudness_champion:.1f} dBFS)")
+    if (m.reward_model_corr is not None and m.reward_model_corr >= spec.min_reward_corr
+            and m.pred_reward_candidate is not None and m.pred_reward_champion is not None):
+        gain = m.pred_reward_candidate - m.pred_reward_champion
+        return Verdict(promote=gain > 0, metrics=m, reason=f"predicted reward {gain:+.3f} "
+                       f"(reward model held-out r={m.reward_model_corr:.2f})")
+    if m.liked_dist_candidate is not None and m.liked_dist_champion is not None:
+        closer = m.liked_dist_champion - m.liked_dist_candidate
+        return Verdict(promote=closer > 0, metrics=m, reason=f"distance to liked music "
+                       f"{-closer:+.3f} (reward model not trusted)")
+    return keep("nothing to measure the candidate by")
 
 
 def main() -> None:
-    spec = EvalSpec(**json.loads(Path(sys.argv[1]).read_text()))
+    spec = EvalSpec.load(Path(sys.argv[1]))
     try:
-        print(json.dumps({"event": "done", **evaluate(spec)}), flush=True)
+        print_event(evaluate(spec))
     except Exception as exc:  # noqa: BLE001 - the parent reads one line
-        print(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}),
-              flush=True)
+        print_event(ErrorEvent(f"{type(exc).__name__}: {exc}"))
         sys.exit(1)
 
 

@@ -31,67 +31,53 @@ in the measurement above): Diffusion-DPO (Wallace et al. 2023) on pairs where on
 rated two tracks far apart; the model is pushed to denoise the preferred window better, and
 the rejected one worse, than the frozen parent does.
 
-Progress goes to stdout as JSON lines; the candidate is written to a temporary folder and
-renamed into place only when training finished, so a killed child leaves nothing behind.
+The loop is the shared training core (model/training.py, also pretraining's): fine-tuning
+only draws its batches differently, keeps a constant LR and a short EMA, and adds the DPO
+term when it is on. It runs on the GPU when there is one, else on the CPU.
+
+Progress goes to stdout as JSON lines (the events of model/contracts.py); the candidate is
+written to a temporary folder and renamed into place only when training finished, so a
+killed child leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.corpus_pool import POOL_SEED, CorpusPool, load_pool
+from model.contracts import (
+    ChildEvent,
+    DataEvent,
+    ErrorEvent,
+    FinetuneSpec,
+    Guide,
+    ItemKind,
+    OnEvent,
+    RatedFile,
+    StepEvent,
+    TrainItem,
+    TrainResult,
+)
+from model.corpus_pool import CorpusPool, load_pool
 from model.pipeline import CrowdtunePipeline
 from model.reward_model import RewardModel, window_vectors
-from model.train import autocast, denoise_target, loss_weights
+from model.training import Batch, ExtraLoss, FitConfig, autocast, denoise_target, fit
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FinetuneSpec:
-    parent_dir: str
-    out_dir: str
-    items: list[dict]  # {"key", "path", "weight", "kind": "track" | "upload", "mel"?}
-    pairs: list[list[str]] = field(default_factory=list)  # [preferred key, rejected key]
-    rated: list[dict] = field(default_factory=list)  # {"path", "reward"}: the reward model's
-    steps: int = 150
-    batch_size: int = 16
-    lr: float = 1e-4
-    track_share: float = 0.0
-    upload_share: float = 0.1
-    replay_clips: int = 512
-    replay_seed: int = POOL_SEED
-    pool_cache: str | None = None  # folder that caches the corpus pool between rounds
-    reward_model_out: str | None = None  # where to save the fitted reward model (JSON)
-    guide_top: float = 0.25
-    guide_temp: float = 0.5
-    guide_min_corr: float = 0.2
-    dpo_beta: float = 2000.0
-    dpo_weight: float = 0.0
-    dpo_min_pairs: int = 4
-    windows_per_item: int = 4
-    ema_decay: float = 0.95
-    seed: int = 0
-    threads: int = 2
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> FinetuneSpec:
-        return cls(**json.loads(Path(path).read_text()))
+def print_event(event: ChildEvent) -> None:
+    """The child's report: one JSON line on stdout, which the parent reads as it comes."""
+    print(event.to_json(), flush=True)
 
 
 def load_audio(path: str, sample_rate: int) -> np.ndarray:
@@ -102,23 +88,23 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
     return np.array(seg.get_array_of_samples(), dtype=np.float32) / scale
 
 
-def item_images(pipe: CrowdtunePipeline, items: list[dict], per_item: int
-                ) -> tuple[torch.Tensor, torch.Tensor, list[str], dict[str, list[int]]]:
+def item_images(pipe: CrowdtunePipeline, items: list[TrainItem], per_item: int
+                ) -> tuple[torch.Tensor, torch.Tensor, list[ItemKind], dict[str, list[int]]]:
     """Mel windows of every item, each window carrying its item's weight / window count and
     its item's kind."""
     sr = pipe.mel.config.sample_rate
     images, weights, kinds, index, count = [], [], [], {}, 0
     for it in items:
-        if it.get("mel"):  # the model's own output, exactly as generated
-            wins = torch.from_numpy(np.load(it["mel"]).astype(np.float32))[:per_item]
+        if it.mel:  # the model's own output, exactly as generated
+            wins = torch.from_numpy(np.load(it.mel).astype(np.float32))[:per_item]
         else:  # uploads (and tracks whose mel is gone): encode the audio
-            wins = pipe.mel.encode_windows(torch.from_numpy(load_audio(it["path"], sr)))
+            wins = pipe.mel.encode_windows(torch.from_numpy(load_audio(it.path, sr)))
             wins = wins[:per_item]
-        index[it["key"]] = list(range(count, count + len(wins)))
+        index[it.key] = list(range(count, count + len(wins)))
         count += len(wins)
         images.append(wins)
-        weights += [float(it["weight"]) / len(wins)] * len(wins)
-        kinds += [it.get("kind", "track")] * len(wins)
+        weights += [float(it.weight) / len(wins)] * len(wins)
+        kinds += [it.kind] * len(wins)
     if not images:
         shape = (0, 1, pipe.mel.config.y_res, pipe.mel.config.x_res)
         return torch.zeros(shape), torch.zeros(0, dtype=torch.float64), [], {}
@@ -135,45 +121,47 @@ def draw_probs(groups: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
     return sum(g * w / w.sum() for g, (_, w) in zip(shares, live, strict=True))
 
 
-def reward_rows(rated: list[dict], sr: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def reward_rows(rated: list[RatedFile], sr: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Reward vectors of every rated file's 5-s windows, their rewards, and a file id each."""
     rows, ys, groups = [], [], []
     for g, r in enumerate(rated):
-        v = window_vectors(load_audio(r["path"], sr), sr)
+        v = window_vectors(load_audio(r.path, sr), sr)
         rows.append(v)
-        ys += [float(r["reward"])] * len(v)
+        ys += [float(r.reward)] * len(v)
         groups += [g] * len(v)
     return np.vstack(rows), np.array(ys), groups
 
 
-def replay_probs(pool: CorpusPool, rated: list[dict], spec: FinetuneSpec, sr: int
-                 ) -> tuple[torch.Tensor, dict]:
+def replay_probs(pool: CorpusPool, rated: list[RatedFile], spec: FinetuneSpec, sr: int
+                 ) -> tuple[torch.Tensor, Guide]:
     """How likely each pool clip is to be rehearsed: guided by the reward model when it is
     trusted, uniform otherwise."""
     uniform = torch.full((len(pool.images),), 1.0 / len(pool.images), dtype=torch.float64)
     if len(rated) < 4:
-        return uniform, {"guided": False, "reward_model_corr": None}
+        return uniform, Guide(guided=False)
     x, y, groups = reward_rows(rated, sr)
     model = RewardModel.fit(x, y, groups=groups)
     if spec.reward_model_out:  # evaluation judges the candidate with the same model
         model.save(Path(spec.reward_model_out))
-    info = {"guided": model.corr >= spec.guide_min_corr,
-            "reward_model_corr": round(model.corr, 3)}
-    if not info["guided"]:
-        return uniform, info
+    guide = Guide(guided=model.corr >= spec.guide_min_corr,
+                  reward_model_corr=round(model.corr, 3))
+    if not guide.guided:
+        return uniform, guide
     pred = model.predict(pool.vectors)
     keep = np.argsort(-pred)[: max(1, round(len(pred) * spec.guide_top))]
     w = np.zeros(len(pred))
     w[keep] = np.exp((pred[keep] - pred[keep].max()) / spec.guide_temp)
-    return torch.from_numpy(w / w.sum()), info
+    return torch.from_numpy(w / w.sum()), guide
 
 
 def dpo_loss(unet, ref_unet, scheduler, x_w: torch.Tensor, x_l: torch.Tensor, beta: float,
              gen: torch.Generator) -> torch.Tensor:
-    """Diffusion-DPO: same noise and timestep for the preferred and the rejected window."""
+    """Diffusion-DPO: same noise and timestep for the preferred and the rejected window
+    (drawn on the CPU from `gen`, then moved to the windows' device)."""
     n = len(x_w)
-    noise = torch.randn(x_w.shape, generator=gen)
+    noise = torch.randn(x_w.shape, generator=gen).to(x_w.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+    t = t.to(x_w.device)
     x = torch.cat([scheduler.add_noise(x_w, noise, t), scheduler.add_noise(x_l, noise, t)])
     tt = torch.cat([t, t])
     target = torch.cat([denoise_target(scheduler, x_w, noise, t),
@@ -187,14 +175,40 @@ def dpo_loss(unet, ref_unet, scheduler, x_w: torch.Tensor, x_l: torch.Tensor, be
     return -F.logsigmoid(-0.5 * beta * (model_diff - ref_diff)).mean()
 
 
-def finetune(spec: FinetuneSpec, report=print) -> dict:
+def dpo_term(ref_unet: torch.nn.Module, scheduler, latents: torch.Tensor,
+             pairs: list[tuple[list[int], list[int]]], spec: FinetuneSpec) -> ExtraLoss:
+    """The DPO loss as the training core's extra term: a few pairs a step, one random window
+    of each member, against the frozen parent `ref_unet`."""
+    n_pairs = max(2, spec.batch_size // 4)
+
+    def term(unet: torch.nn.Module, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        ref_unet.to(device)
+        pick = torch.randint(len(pairs), (n_pairs,), generator=gen)
+        chosen = [pairs[i] for i in pick.tolist()]
+        x_w = torch.stack([latents[w[int(torch.randint(len(w), (1,), generator=gen))]]
+                           for w, _ in chosen]).to(device)
+        x_l = torch.stack([latents[lo[int(torch.randint(len(lo), (1,), generator=gen))]]
+                           for _, lo in chosen]).to(device)
+        return spec.dpo_weight * dpo_loss(unet, ref_unet, scheduler, x_w, x_l, spec.dpo_beta,
+                                          gen)
+
+    return term
+
+
+def fit_config(spec: FinetuneSpec) -> FitConfig:
+    """Fine-tuning's settings of the training core: constant LR, and a short EMA
+    (decay min(ema_decay, (1 + s) / (10 + s))) that smooths the last few dozen steps."""
+    return FitConfig(steps=spec.steps, lr=spec.lr, warmup=None, ema_decay=spec.ema_decay,
+                     ema_warmup=False, seed=spec.seed)
+
+
+def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
-    gen = torch.Generator().manual_seed(spec.seed)
     start = time.perf_counter()
     pipe = CrowdtunePipeline.from_pretrained(spec.parent_dir)
     images, weights, kinds, index = item_images(pipe, spec.items, spec.windows_per_item)
-    replay, guide = None, {"guided": False}
+    replay, guide = None, Guide()
     with torch.no_grad():
         latents = pipe.images_to_latents(images)
         if spec.replay_clips > 0 and pipe.vqvae is None:
@@ -202,12 +216,13 @@ def finetune(spec: FinetuneSpec, report=print) -> dict:
                              Path(spec.pool_cache) if spec.pool_cache else None)
             replay = pipe.images_to_latents(pool.images)
             replay_p, guide = replay_probs(pool, spec.rated, spec, pipe.mel.config.sample_rate)
-    pairs = [(index[a], index[b]) for a, b in spec.pairs if a in index and b in index]
+    pairs = [(index[p.preferred], index[p.rejected]) for p in spec.pairs
+             if p.preferred in index and p.rejected in index]
     use_dpo = spec.dpo_weight > 0 and len(pairs) >= spec.dpo_min_pairs
     # One index space: the items' windows, then the replay clips.
     n_replay = 0 if replay is None else len(replay)
     pool_latents = latents if replay is None else torch.cat([latents, replay.to(latents.dtype)])
-    is_track = torch.tensor([k == "track" for k in kinds] + [False] * n_replay)
+    is_track = torch.tensor([k == ItemKind.TRACK for k in kinds] + [False] * n_replay)
     item_w = torch.cat([weights, torch.zeros(n_replay, dtype=torch.float64)])
     groups = [(spec.track_share, torch.where(is_track, item_w, 0.0)),
               (spec.upload_share, torch.where(is_track, 0.0, item_w))]
@@ -215,59 +230,37 @@ def finetune(spec: FinetuneSpec, report=print) -> dict:
         groups.append((1.0 - spec.track_share - spec.upload_share,
                        torch.cat([torch.zeros(len(latents), dtype=torch.float64), replay_p])))
     probs = draw_probs(groups)
-    report(json.dumps({"event": "data", "windows": len(latents), "pairs": len(pairs),
-                       "replay": 0 if replay is None else len(replay), "dpo": use_dpo,
-                       **guide}))
+    report(DataEvent(windows=len(latents), pairs=len(pairs), replay=n_replay, dpo=use_dpo,
+                     guided=guide.guided, reward_model_corr=guide.reward_model_corr))
 
-    unet = pipe.unet
-    ref_unet = copy.deepcopy(unet).eval().requires_grad_(False) if use_dpo else None
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=spec.lr, weight_decay=1e-2)
-    sched = pipe.scheduler
-    losses = []
-    for step in range(spec.steps):
+    def draw_batch(gen: torch.Generator) -> Batch:
         idx = torch.multinomial(probs, spec.batch_size, replacement=True, generator=gen)
-        x0 = pool_latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
-        with autocast(x0.device):
-            pred = unet(sched.add_noise(x0, noise, t), t).sample
-        err = (pred.float() - denoise_target(sched, x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
-        loss = (err * loss_weights(sched, t)).mean()
-        if use_dpo:
-            pick = torch.randint(len(pairs), (max(2, spec.batch_size // 4),), generator=gen)
-            chosen = [pairs[i] for i in pick.tolist()]
-            x_w = torch.stack([latents[w[int(torch.randint(len(w), (1,), generator=gen))]]
-                               for w, _ in chosen])
-            x_l = torch.stack([latents[lo[int(torch.randint(len(lo), (1,), generator=gen))]]
-                               for _, lo in chosen])
-            loss = loss + spec.dpo_weight * dpo_loss(unet, ref_unet, sched, x_w, x_l,
-                                                     spec.dpo_beta, gen)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():  # a short EMA: smooths the last few dozen steps
-            decay = min(spec.ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
-        losses.append(float(loss.detach()))
-        if (step + 1) % 10 == 0 or step + 1 == spec.steps:
-            report(json.dumps({"event": "step", "step": step + 1, "steps": spec.steps,
-                               "loss": round(float(np.mean(losses[-10:])), 4)}))
-    pipe.unet = ema
+        return pool_latents[idx], None
+
+    recent: list[float] = []
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        recent.append(loss)
+        del recent[:-10]
+        if step % 10 == 0 or step == steps:
+            report(StepEvent(step=step, steps=steps, loss=round(float(np.mean(recent)), 4)))
+
+    extra = None
+    if use_dpo:
+        ref_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
+        extra = dpo_term(ref_unet, pipe.scheduler, latents, pairs, spec)
+    losses = fit(pipe.unet, pipe.scheduler, draw_batch, fit_config(spec), extra, on_step)
     out = Path(spec.out_dir)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
+    pipe.save_pretrained(tmp)  # fit leaves the EMA weights on the CPU
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    result = {"event": "done", "windows": len(latents), "pairs": len(pairs), "dpo": use_dpo,
-              **guide,
-              "final_loss": round(float(np.mean(losses[-10:])), 4),
-              "seconds": round(time.perf_counter() - start, 1)}
-    report(json.dumps(result))
+    result = TrainResult(windows=len(latents), pairs=len(pairs), dpo=use_dpo,
+                         guided=guide.guided, reward_model_corr=guide.reward_model_corr,
+                         final_loss=round(float(np.mean(losses[-10:])), 4),
+                         seconds=round(time.perf_counter() - start, 1))
+    report(result)
     return result
 
 
@@ -275,10 +268,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     spec = FinetuneSpec.load(Path(sys.argv[1]))
     try:
-        finetune(spec, report=lambda line: print(line, flush=True))
+        finetune(spec, report=print_event)
     except Exception as exc:  # noqa: BLE001 - the parent reads one line and marks the round
-        print(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}),
-              flush=True)
+        print_event(ErrorEvent(f"{type(exc).__name__}: {exc}"))
         sys.exit(1)
 
 

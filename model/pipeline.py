@@ -36,6 +36,7 @@ from diffusers import (
 )
 
 from model.codec import MelCodec, MelConfig
+from model.registry import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ SEED_STRENGTH = 0.7
 SEED_MIX = (0.0, 0.3)
 
 
-class CheckpointError(Exception):
-    """A model folder that is missing, incomplete or unreadable (one-line message)."""
+def best_device() -> torch.device:
+    """Where models run: the GPU when there is one, else the CPU. Noise stays drawn from
+    CPU generators either way (then moved), so a seed means the same starting noise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass

@@ -15,19 +15,22 @@ neither.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from model.files import atomic_dir, sha256_file, write_text_atomic
+
 log = logging.getLogger(__name__)
 
 META = "version.json"
+
+
+class CheckpointError(Exception):
+    """A model folder that is missing, incomplete or unreadable (one-line message)."""
 
 
 class RegistryError(Exception):
@@ -50,29 +53,12 @@ class VersionInfo:
         return int(self.version.lstrip("v"))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def hash_folder(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): sha256_file(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != META
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ModelRegistry:
@@ -162,8 +148,7 @@ class ModelRegistry:
         gdir = self.guild_dir(guild)
         gdir.mkdir(parents=True, exist_ok=True)
         version = self._next_version(guild)
-        tmp = Path(tempfile.mkdtemp(dir=gdir, prefix=f".{version}."))
-        try:
+        with atomic_dir(gdir / version) as tmp:
             shutil.copytree(source_dir, tmp, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns(META, "*.tmp"))
             info = VersionInfo(
@@ -171,10 +156,6 @@ class ModelRegistry:
                 files=hash_folder(tmp), source=source, note=note, metrics=metrics or {},
             )
             (tmp / META).write_text(json.dumps(asdict(info), indent=2))
-            os.rename(tmp, gdir / version)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info("guild %s: added model %s (parent %s)", guild, version, parent)
         return info
 
@@ -193,7 +174,7 @@ class ModelRegistry:
         problem = self.verify(guild, version)
         if problem is not None:
             raise RegistryError(f"cannot promote {problem}")
-        _write_atomic(self.guild_dir(guild) / "ACTIVE", version + "\n")
+        write_text_atomic(self.guild_dir(guild) / "ACTIVE", version + "\n")
         log.info("guild %s: %s is now active", guild, version)
 
     def rollback(self, guild: str | int, to: str | None = None) -> VersionInfo:

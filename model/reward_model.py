@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,9 @@ WINDOW_S = 5.0
 
 
 def reward_vector(f: AudioFeatures) -> np.ndarray:
-    """The features the reward model reads: everything but chroma."""
-    v = f.vector()
-    return np.concatenate([v[:7], v[7 + len(f.chroma):]])
+    """The features the reward model reads: everything but chroma (the chroma field emptied,
+    so the vector keeps the other fields' scaling and order whatever their positions)."""
+    return replace(f, chroma=()).vector()
 
 
 def window_vectors(audio: np.ndarray, sr: int, max_windows: int = 4) -> np.ndarray:

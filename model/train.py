@@ -1,6 +1,7 @@
-"""Training: the built-in architecture, the denoising loop, and pretraining on the corpus.
+"""Pretraining: the built-in architecture and its training on the synthesised corpus.
 
-The loop goes through Accelerate, so the same code runs on this machine's CPU and unchanged
+The loop is the shared training core (model/training.py, also fine-tuning's), which goes
+through Accelerate, so the same code runs on this machine's CPU, on a GPU, and unchanged
 under `accelerate launch -m model.train ...` on several GPUs (data-parallel; only the main
 process saves). EMA weights are what gets saved: they sample noticeably cleaner than the
 raw weights after a short run.
@@ -9,29 +10,25 @@ raw weights after a short run.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
-import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
 
 from model.codec import MelCodec, MelConfig
 from model.pipeline import CrowdtunePipeline
 from model.synth import corpus
+from model.training import Batch, FitConfig, OnStep, fit
 
 log = logging.getLogger(__name__)
 
 PATCH = (8, 4)
-Progress = Callable[[int, int, float], None]  # (step, total, loss)
 
 
 @dataclass(frozen=True)
@@ -92,101 +89,31 @@ def corpus_images(n: int, seed: int, mel: MelConfig) -> tuple[torch.Tensor, list
     return torch.cat(images), params
 
 
-def denoise_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor,
-                   t: torch.Tensor) -> torch.Tensor:
-    """What the UNet is trained to output: the noise, or the velocity for v-prediction."""
-    if scheduler.config.prediction_type == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    return noise
-
-
-def loss_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
-    """Min-SNR-gamma weighting (Hang et al. 2023): the many nearly-clean timesteps stop
-    dominating the gradient; measurably faster convergence on this CPU budget."""
-    ab = scheduler.alphas_cumprod.to(t.device)[t]
-    snr = ab / (1 - ab)
-    if scheduler.config.prediction_type == "v_prediction":
-        return snr.clamp(max=gamma) / (snr + 1)
-    return snr.clamp(max=gamma) / snr
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def autocast(device: torch.device):
-    """bf16 autocast where the hardware has it: 1.6x faster training on this machine's AMX
-    cores (measured); CPUs without bf16 units would emulate it slowly, so they run fp32."""
-    enabled = device.type == "cuda" or (device.type == "cpu" and _cpu_has_bf16())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def train_denoiser(
     pipe: CrowdtunePipeline,
     images: torch.Tensor,
     cfg: TrainConfig,
     weights: torch.Tensor | None = None,
-    progress: Progress | None = None,
+    progress: OnStep | None = None,
 ) -> list[float]:
     """DDPM denoising on mel images, optionally weighted per example; EMA weights kept.
 
     `weights` (one per image, mean ~1) turn the loss into reward-weighted denoising.
-    Returns the loss curve; the pipeline's UNet ends holding the EMA weights.
+    Returns the loss curve; the pipeline's UNet ends holding the EMA weights (on the CPU).
+    The loop is the shared core (model/training.py): batches drawn uniformly, warmup then
+    cosine LR, a long EMA with diffusers' power warmup.
     """
-    accelerator = Accelerator()
-    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
-    unet = pipe.unet
-    unet.train()
     with torch.no_grad():
         latents = torch.cat([pipe.images_to_latents(c) for c in images.split(64)])
-    w = weights if weights is not None else torch.ones(len(latents))
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
 
-    def lr_at(step: int) -> float:  # linear warmup, then cosine to 10%
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    unet, opt, sched = accelerator.prepare(unet, opt, sched)
-    noise_sched = pipe.scheduler
-    n_train = noise_sched.config.num_train_timesteps
-    losses: list[float] = []
-    for step in range(cfg.steps):
+    def draw_batch(gen: torch.Generator) -> Batch:
         idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
-        x0 = latents[idx].to(accelerator.device)
-        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        t = torch.randint(0, n_train, (cfg.batch_size,), generator=gen).to(x0.device)
-        xt = noise_sched.add_noise(x0, noise, t)
-        target = denoise_target(noise_sched, x0, noise, t)
-        with autocast(x0.device):
-            pred = unet(xt, t).sample
-        per_example = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
-        per_example = per_example * loss_weights(noise_sched, t)
-        wb = w[idx].to(per_example.device)
-        loss = (per_example * wb).sum() / wb.sum().clamp_min(1e-8)
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(unet).parameters())
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step + 1, cfg.steps, losses[-1])
-    unwrapped = accelerator.unwrap_model(unet)
-    ema.copy_to(unwrapped.parameters())
-    unwrapped.eval()
-    pipe.unet = unwrapped
-    return losses
+        return latents[idx], None if weights is None else weights[idx]
+
+    fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay,
+                        ema_warmup=True, ema_power=2 / 3, grad_clip=cfg.grad_clip,
+                        seed=cfg.seed)
+    return fit(pipe.unet, pipe.scheduler, draw_batch, fit_cfg, on_step=progress)
 
 
 @dataclass(frozen=True)
@@ -198,7 +125,7 @@ class PretrainConfig:
         return asdict(self)
 
 
-def pretrain(out_dir: Path, cfg: PretrainConfig, progress: Progress | None = None) -> dict:
+def pretrain(out_dir: Path, cfg: PretrainConfig, progress: OnStep | None = None) -> dict:
     """Train the built-in base on the synthesised corpus and save it with its recipe."""
     start = time.perf_counter()
     mel = MelConfig()

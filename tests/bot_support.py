@@ -197,10 +197,11 @@ async def bot_env(emu: FakeDiscord, data_dir: Path, *, clock: FakeClock | None =
         make_base(settings.models_dir)
     clock = clock or FakeClock()
     players = players or Players()
-    services = await Services.open(settings, worker=worker or InlineWorker(threads=1))
+    services = await Services.open(settings, worker=worker or InlineWorker(threads=1),
+                                   clock=clock)
     await services.configs.update(emu.ids.guild, music_channel_id=emu.ids.text_channel)
     try:
-        bot = create_bot(settings, services, clock=clock, player_factory=players,
+        bot = create_bot(settings, services, player_factory=players,
                          sync_commands=True, guild_ready_timeout=FAST_GUILD_READY_TIMEOUT)
         async with running(bot, emu):
             env = BotEnv(emu, bot, services, clock, players)

@@ -15,6 +15,7 @@ from tests.fakediscord import (
     subcommand,
 )
 from tests.fakediscord import payloads as p
+from tests.fakediscord.payloads import error
 
 REFUSAL = ("Only moderators can use this: it needs the Manage Server permission or the "
            "moderator role set with /setup.")
@@ -164,6 +165,71 @@ async def test_every_moderator_command(fake_discord: FakeDiscord, tmp_path,
 
         synced = await ask(env, "sync", user_id=mod, deferred=True)
         assert synced == f"Synced 9 commands to guild {gid}."
+
+
+HOWTO = ("📥 Share a song for this server's model to learn from: mention <@{bot}> in a post "
+         "with the audio file attached, or use /upload.")
+
+
+async def test_setup_pins_how_to_share_songs_once_per_uploads_channel(
+        fake_discord: FakeDiscord, tmp_path) -> None:
+    emu = fake_discord
+    ids = emu.ids
+    songs = emu.world.add_text_channel(ids.guild, "songs")
+    locked = emu.world.add_text_channel(ids.guild, "locked")
+    howto = HOWTO.format(bot=ids.bot)
+
+    def posts(channel: int, since: int = 0) -> list[str]:
+        return [c.json["content"] for c in emu.calls("POST", rf"/channels/{channel}/messages",
+                                                      since=since)]
+
+    async with bot_env(emu, tmp_path, base=False) as env:
+        text = await ask(env, "setup", [channel_option("uploads_channel", songs)],
+                         user_id=ids.alice)
+        assert text.splitlines()[0] == "Saved." and "Warning" not in text
+        [post] = emu.calls("POST", rf"/channels/{songs}/messages")
+        assert post.json["content"] == howto
+        assert post.json["allowed_mentions"]["parse"] == []  # the line pings nobody
+        message_id = int(post.response["id"])
+        await emu.wait_for_call("PUT", rf"/channels/{songs}/messages/pins/{message_id}")
+        assert emu.message(message_id)["pinned"] is True
+        cfg = await env.services.configs.get(ids.guild)
+        assert (cfg.uploads_howto_channel_id, cfg.uploads_howto_message_id) == (songs,
+                                                                                message_id)
+
+        # Running /setup again (or setting the same channel) posts nothing more.
+        mark = emu.mark()
+        assert (await ask(env, "setup", user_id=ids.alice)).startswith("Current setup:")
+        await ask(env, "setup", [channel_option("uploads_channel", songs)], user_id=ids.alice)
+        assert posts(songs, mark) == [] and emu.calls("PUT", r".*/pins/.*", since=mark) == []
+
+        # Best effort: no permission to pin -> posted, a warning, and not posted again.
+        emu.respond("PUT", rf"/channels/{ids.text_channel}/messages/pins/\d+", status=403,
+                    body=error(50013, "Missing Permissions"))
+        text = await ask(env, "setup", [channel_option("uploads_channel", ids.text_channel)],
+                         user_id=ids.alice)
+        assert text.splitlines()[0] == "Saved."
+        assert text.splitlines()[-1] == (
+            f"Warning: I posted how to share songs in <#{ids.text_channel}> but could not pin "
+            "it (I need the Pin Messages permission); pin it yourself.")
+        assert posts(ids.text_channel, mark) == [howto]
+        await ask(env, "setup", user_id=ids.alice)
+        assert posts(ids.text_channel, mark) == [howto]
+
+        # No permission to post: a warning, nothing remembered, the next /setup tries again.
+        mark = emu.mark()
+        emu.respond("POST", rf"/channels/{locked}/messages", status=403,
+                    body=error(50013, "Missing Permissions"))
+        text = await ask(env, "setup", [channel_option("uploads_channel", locked)],
+                         user_id=ids.alice)
+        assert text.splitlines()[-1] == (
+            f"Warning: I could not post how to share songs in <#{locked}> (I may not send "
+            "messages there); I will try again at the next /setup.")
+        assert (await env.services.configs.get(ids.guild)).uploads_howto_channel_id == \
+            ids.text_channel
+        assert "Warning" not in await ask(env, "setup", user_id=ids.alice)
+        assert posts(locked, mark) == [howto, howto]  # refused, then posted
+        await emu.wait_for_call("PUT", rf"/channels/{locked}/messages/pins/\d+", since=mark)
 
 
 async def test_owner_syncs_commands_by_mention(fake_discord: FakeDiscord, tmp_path) -> None:

@@ -127,6 +127,30 @@ async def test_bot_leaving_and_restart_close_open_listening(fake_discord: FakeDi
         assert await totals(env, track) == {ids.alice: (6.0, True), ids.bob: (6.0, True)}
 
 
+async def test_who_may_stop_or_skip_the_radio(fake_discord: FakeDiscord, tmp_path) -> None:
+    emu = fake_discord
+    ids = emu.ids
+
+    async def radio(command: str, user_id: int) -> str:
+        payload = await env.command("radio", [{"name": command, "type": 1, "options": []}],
+                                    user_id=user_id)
+        return content(await env.reply(payload))
+
+    async with bot_env(emu, tmp_path, track_seconds=20.0) as env:
+        await configure(env, voice_channel_id=ids.voice_channel)
+        # Off: nothing to guard, whoever asks hears so.
+        assert await radio("stop", ids.carol) == "The radio is not on."
+        assert await radio("skip", ids.carol) == "Nothing is playing."
+        _, player = await _radio_playing(env, [ids.bob], starter=ids.bob)
+        refused = "Join the radio's voice channel to do that (or ask a moderator)."
+        assert await radio("skip", ids.carol) == refused  # not listening, not a moderator
+        assert await radio("stop", ids.carol) == refused
+        assert env.bot.radio.channel_of(ids.guild) == ids.voice_channel
+        assert await radio("skip", ids.alice) == "Skipped."  # a moderator, from anywhere
+        await asyncio.wait_for(player.played.get(), 10)
+        assert await radio("stop", ids.bob) == "Radio off."  # a listener
+
+
 async def test_bot_moved_or_disconnected_by_a_moderator(fake_discord: FakeDiscord,
                                                         tmp_path) -> None:
     emu = fake_discord

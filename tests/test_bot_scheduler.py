@@ -10,8 +10,9 @@ import pytest
 from bot.core.config import BotSettings
 from bot.core.guild_config import ConfigError, GuildConfig, GuildConfigs, validate
 from bot.core.ratelimit import RateLimited, SlidingWindowLimiter
-from bot.core.scheduler import GuildScheduler, last_fire_time, pick_origin, round_trigger
+from bot.core.scheduler import GuildScheduler, last_fire_time, round_trigger
 from bot.core.store import Store
+from bot.core.tracks import plan_origins
 from tests.bot_support import FakeClock
 
 
@@ -74,17 +75,35 @@ async def test_missed_rounds_run_once_and_new_schedules_miss_nothing(configs) ->
         scheduler.shutdown()
 
 
+def pick_one(recent: list[str], has_uploads: bool = True) -> str:
+    (origin,) = plan_origins(recent, 1, 0.25, 0.25, has_uploads=has_uploads)
+    return origin
+
+
 def test_posting_mix_follows_the_shares_one_track_at_a_time() -> None:
     recent: list[str] = []
     for _ in range(20):
-        recent.insert(0, pick_origin(recent[:20], 0.25, 0.25, has_uploads=True))
+        recent.insert(0, pick_one(recent[:20]))
     assert Counter(recent) == {"generated": 10, "baseline": 5, "upload_seeded": 5}
     assert recent[-1] == "generated"  # the first post is the current model's
     without_uploads: list[str] = []
     for _ in range(8):
-        without_uploads.insert(0, pick_origin(without_uploads, 0.25, 0.25, has_uploads=False))
+        without_uploads.insert(0, pick_one(without_uploads, has_uploads=False))
     assert Counter(without_uploads) == {"generated": 6, "baseline": 2}
-    assert pick_origin([], 0.0, 0.0, has_uploads=False) == "generated"
+    assert plan_origins([], 1, 0.0, 0.0, has_uploads=False) == ["generated"]
+
+
+def test_a_batch_and_one_post_at_a_time_follow_the_same_policy() -> None:
+    """The simulation's batches and the bot's scheduled posts are one policy."""
+    one_at_a_time: list[str] = []
+    for _ in range(40):
+        one_at_a_time += plan_origins(one_at_a_time, 1, 0.25, 0.25, has_uploads=True)
+    batch = plan_origins([], 40, 0.25, 0.25, has_uploads=True)
+    assert batch == one_at_a_time
+    assert Counter(batch) == {"generated": 20, "baseline": 10, "upload_seeded": 10}
+    # After a run of baseline posts the next ones make up for the current model.
+    assert plan_origins(["baseline"] * 3, 2, 0.25, 0.25, has_uploads=False) == [
+        "generated", "generated"]
 
 
 def test_sliding_window_limit() -> None:

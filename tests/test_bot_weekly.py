@@ -5,6 +5,7 @@ once on its return, the report is posted, the next track comes from the new cham
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -30,10 +31,10 @@ async def test_weekly_cycle(fake_discord: FakeDiscord, tmp_path, monkeypatch) ->
     # "promote" here: what is tested is what the bot does with a new champion.
     real_run_child = rounds.run_child
 
-    async def promoting(module: str, *args, **kwargs) -> dict:
+    async def promoting(module: str, *args, **kwargs):
         result = await real_run_child(module, *args, **kwargs)
         if module == "model.evaluate":
-            result = {**result, "promote": True, "reason": f"(test) {result['reason']}"}
+            result = replace(result, promote=True, reason=f"(test) {result.reason}")
         return result
 
     monkeypatch.setattr(rounds, "run_child", promoting)

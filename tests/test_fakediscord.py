@@ -99,6 +99,29 @@ async def test_send_file_and_reaction_are_recorded(fake_discord: FakeDiscord) ->
         assert [(str(r.emoji), r.count, r.me) for r in fetched.reactions] == [("1️⃣", 1, True)]
 
 
+async def test_pin_and_unpin(fake_discord: FakeDiscord) -> None:
+    emu = fake_discord
+    client = make_client()
+    async with running(client, emu):
+        channel = client.get_channel(emu.ids.text_channel)
+        assert isinstance(channel, discord.TextChannel)
+        sent = await channel.send("How to share a song")
+        pinned = await expect_event(client, "guild_channel_pins_update")
+        await sent.pin(reason="how-to")
+        where, last_pin = await pinned
+        assert where.id == channel.id and last_pin is not None
+        put = await emu.wait_for_call("PUT", rf"/channels/{channel.id}/messages/pins/{sent.id}")
+        assert put.status == 204 and put.headers.get("X-Audit-Log-Reason") == "how-to"
+        assert emu.message(sent.id)["pinned"] is True
+        assert (await channel.fetch_message(sent.id)).pinned
+        unpinned = await expect_event(client, "guild_channel_pins_update")
+        await sent.unpin()
+        assert (await unpinned)[1] is None  # no pins left
+        assert emu.message(sent.id)["pinned"] is False
+        with pytest.raises(discord.NotFound):
+            await channel.get_partial_message(12345).pin()
+
+
 async def test_injected_reactions_reach_raw_handlers(fake_discord: FakeDiscord) -> None:
     emu = fake_discord
     client = make_client()

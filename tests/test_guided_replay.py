@@ -1,11 +1,14 @@
 """The reward model, the corpus pool and guided replay (how fine-tuning uses the ratings)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from bot.core.audio import encode
 from model.codec import MelCodec
+from model.contracts import RatedFile
 from model.corpus_pool import load_pool
 from model.features import extract
 from model.finetune import FinetuneSpec, draw_probs, replay_probs
@@ -18,6 +21,12 @@ SR = 16000
 def test_reward_vector_leaves_out_chroma():
     f = extract(np.sin(2 * np.pi * 440 * np.arange(SR) / SR).astype(np.float32) * 0.3, SR)
     assert len(reward_vector(f)) == len(f.vector()) - len(f.chroma)
+    # Chroma, selected by name, changes nothing; every other field still counts.
+    assert np.array_equal(reward_vector(replace(f, chroma=(1.0,) + (0.0,) * 11)),
+                          reward_vector(f))
+    assert not np.array_equal(reward_vector(replace(f, silence_frac=0.9)), reward_vector(f))
+    assert not np.array_equal(reward_vector(replace(f, band_std_db=(9.0,) * 8)),
+                              reward_vector(f))
 
 
 def test_window_vectors_one_row_per_5s_window():
@@ -79,13 +88,13 @@ def pool(tmp_path_factory):
     return load_pool(48, 7, TINY_MEL, tmp_path_factory.mktemp("pool"))
 
 
-def _rated(folder, reward_of, n: int = 32) -> list[dict]:
+def _rated(folder, reward_of, n: int = 32) -> list[RatedFile]:
     """Corpus clips of another seed, rated by `reward_of(reward_vector)`."""
     other = load_pool(n, 99, TINY_MEL)
     audio = MelCodec(TINY_MEL).decode(other.images).numpy()
     pairs = enumerate(zip(audio, other.vectors, strict=True))
-    return [{"path": str(encode(a, SR, folder / f"t{i}.wav", "wav")),
-             "reward": float(reward_of(v))} for i, (a, v) in pairs]
+    return [RatedFile(path=str(encode(a, SR, folder / f"t{i}.wav", "wav")),
+                      reward=float(reward_of(v))) for i, (a, v) in pairs]
 
 
 def test_replay_follows_the_reward_model(tmp_path, pool):
@@ -93,7 +102,7 @@ def test_replay_follows_the_reward_model(tmp_path, pool):
     rated = _rated(tmp_path, lambda v: 3 * v[0])  # reward_vector starts with centroid / 1000
     spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_top=0.25)
     probs, info = replay_probs(pool, rated, spec, SR)
-    assert info["guided"] and info["reward_model_corr"] > 0.5
+    assert info.guided and info.reward_model_corr > 0.5
     chosen = (probs > 0).numpy()
     assert chosen.sum() == 12  # the best quarter of 48
     assert abs(float(probs.sum()) - 1.0) < 1e-9
@@ -106,7 +115,7 @@ def test_replay_stays_uniform_when_the_reward_model_predicts_nothing(tmp_path, p
     rated = _rated(tmp_path, lambda _v: rng.standard_normal())
     spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_min_corr=0.9)
     probs, info = replay_probs(pool, rated, spec, SR)
-    assert not info["guided"]
+    assert not info.guided
     assert torch.allclose(probs, torch.full((48,), 1 / 48, dtype=torch.float64))
 
 

@@ -92,7 +92,7 @@ def test_summary_text_content():
     m, lo, hi = mean_ci(r.ratings["generated"])
     assert f"new model: {m:.2f} ± {(hi - lo) / 2:.2f} stars (n=8)" in text
     assert "baseline: 2.17 ±" in text
-    assert "upload-seeded: 4.00 stars (n=1)" in text  # one vote: no interval
+    assert "upload-seeded: 4.00 stars (n=1, too few votes to tell)" in text  # no interval
     gain, p = compare(r.ratings["generated"], r.ratings["baseline"])
     assert f"Gain over baseline: {gain:+.2f} stars (p={p:.3f}, Mann-Whitney)" in text
     assert "promoted (v0004 active): gain significant" in lines[-1]
@@ -103,6 +103,15 @@ def test_summary_text_content():
     assert "not measured" in kept and "not promoted" in kept
     long = summary_text(r, promoted=False, reason="x" * 5000)
     assert len(long) <= MAX_SUMMARY_CHARS
+
+
+def test_summary_says_too_few_votes_instead_of_an_interval_wider_than_the_scale():
+    two = summary_text(RoundRatings(2, {"generated": [4, 5], "baseline": [3, 2, 3, 2, 3, 3]}),
+                       promoted=False, reason="kept")
+    assert "new model: 4.50 stars (n=2, too few votes to tell)" in two
+    assert "±" not in two.splitlines()[1]  # not "4.50 ± 6.35"
+    assert "Gain over baseline: too few votes to tell (n=2 and 6" in two
+    assert "baseline: 2.67 ±" in two  # six votes: the interval is shown
 
 
 def test_round_stats_matches_the_json_contract():

@@ -1,5 +1,6 @@
 """The weekly round end to end on a tiny model: real child processes, real SQLite."""
 
+import json
 import os
 import signal
 
@@ -11,6 +12,7 @@ from bot.core.rounds import GuildLock, RoundBusy, RoundService
 from bot.core.store import Store
 from bot.core.tracks import TrackService
 from bot.core.worker import GenerationWorker
+from model.contracts import DataEvent, StartedEvent, StepEvent, TrainResult, Verdict
 from model.registry import ModelRegistry
 from tests.helpers import make_base
 
@@ -64,8 +66,17 @@ async def test_round_trains_evaluates_and_records(env):
     assert summary.counts["pairs"] > 0
     assert registry.active_name(GUILD) == ("v0002" if summary.promoted else "v0001")
     assert registry.info(GUILD, "v0002").parent == "v0001"
-    assert "eval" in summary.metrics and "promote" in summary.metrics["eval"]
-    assert any(e.get("event") == "step" for e in events)
+    # Stored as JSON: the training result and the verdict, with its metrics, as dicts.
+    assert set(summary.metrics) == {"train", "eval", "seconds"}
+    assert summary.metrics["eval"]["promote"] == summary.promoted
+    assert summary.metrics["eval"]["metrics"]["clips"] == 4
+    assert summary.metrics["train"]["windows"] > 0
+    json.dumps(summary.to_dict())  # `crowdtune round run --json` prints it
+    assert isinstance(events[0], StartedEvent) and events[0].module == "model.finetune"
+    assert [e.step for e in events if isinstance(e, StepEvent)] == [4]
+    assert isinstance(next(e for e in events if isinstance(e, DataEvent)), DataEvent)
+    assert sum(isinstance(e, TrainResult) for e in events) == 1
+    assert isinstance(events[-1], Verdict)
     row = (await store.rounds(GUILD))[0]
     assert row.status == "succeeded" and row.candidate_version == "v0002"
     assert summary.chart and os.path.getsize(summary.chart) > 1000
@@ -78,10 +89,10 @@ async def test_killed_child_fails_the_round_and_the_next_one_works(env):
     await rate(store, tracks, 10, 3)
 
     def kill_on_data(event):
-        if event.get("event") == "data":  # the child is about to train
+        if isinstance(event, DataEvent):  # the child is about to train
             os.kill(kill_on_data.pid, signal.SIGKILL)
-        if event.get("event") == "started":
-            kill_on_data.pid = event["pid"]
+        if isinstance(event, StartedEvent):
+            kill_on_data.pid = event.pid
 
     summary = await rounds.run_round(GUILD, kill_on_data)
     assert summary.status == "failed"

@@ -7,6 +7,7 @@ import json
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from bot.cli import main
 from bot.core import uploads as upload_service
 from bot.core.config import load_settings
-from bot.core.ingest import UploadRejected
+from bot.core.ingest import UploadLimits, UploadRejected
 from bot.core.store import Store
 from bot.core.uploads import UploadService
 
@@ -147,3 +148,32 @@ async def test_service_restores_a_missing_file_and_never_keeps_a_second_copy(
         with pytest.raises(ValueError):
             await service.ingest("../g", 1, song)
         assert len(await store.uploads("g1")) == 1
+
+
+async def test_service_ingests_an_attachments_bytes_like_a_file(data_dir, song, tmp_path,
+                                                                monkeypatch):
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))  # where the bytes are spooled
+    settings = load_settings(data_dir=data_dir)
+    async with await Store.open(settings.db_path) as store:
+        service = UploadService(settings, store)
+        row, new = await service.ingest_bytes(
+            "g1", 42, song.read_bytes(), "../../My Song.mp3")
+        assert new and (row.member_id, row.original_name, row.format) == (
+            "42", "My Song.mp3", "mp3")
+        assert Path(row.file).parent == data_dir / "uploads" / "g1"
+        again, new = await service.ingest("g1", 43, song)  # the same song from the CLI
+        assert not new and again.id == row.id
+
+        service.check_size(len(song.read_bytes()))
+        service.limits = UploadLimits(max_bytes=1024)
+        with pytest.raises(UploadRejected, match=r"the limit is 1 KB\.$"):
+            service.check_size(len(song.read_bytes()))
+        with pytest.raises(UploadRejected, match=r"the limit is 1 KB\.$"):
+            await service.ingest_bytes("g1", 42, song.read_bytes(), "song.mp3")
+        with pytest.raises(UploadRejected, match="isn't audio"):
+            service.limits = UploadLimits()
+            await service.ingest_bytes("g1", 42, b"not really an mp3\n" * 20, "notes.mp3")
+        assert len(await store.uploads("g1")) == 1
+    assert list(spools.iterdir()) == []  # every spooled file is gone

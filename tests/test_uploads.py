@@ -22,8 +22,8 @@ from bot.core.ingest import (
     UploadRejected,
     check_size,
     display_name,
-    ingest_bytes,
     ingest_upload,
+    spool_bytes,
 )
 
 SINE = "sine=frequency=440:duration=12"
@@ -95,6 +95,16 @@ def assert_no_files(dest: Path) -> None:
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
+def ingest_bytes(data: bytes, filename: str, dest: Path,
+                 limits: UploadLimits = DEFAULT_LIMITS) -> IngestedUpload:
+    """What `UploadService.ingest_bytes` does with an attachment, without the database."""
+    path = spool_bytes(data, filename)
+    try:
+        return ingest_upload(path, dest, original_name=filename, limits=limits)
+    finally:
+        shutil.rmtree(path.parent)
+
+
 def reject(source: Path, dest: Path, limits: UploadLimits = DEFAULT_LIMITS, **kw: str) -> str:
     with pytest.raises(UploadRejected) as info:
         ingest_upload(source, dest, limits=limits, **kw)
@@ -161,7 +171,7 @@ def test_same_file_twice_gives_same_sha256(media: Path, dest: Path, tmp_path: Pa
     assert sorted(dest.iterdir()) == sorted({first.path, other.path})
 
 
-def test_ingest_bytes_matches_ingest_upload(media: Path, dest: Path):
+def test_spooled_bytes_ingest_like_the_file(media: Path, dest: Path):
     data = (media / "song.ogg").read_bytes()
     up = ingest_bytes(data, "My Song.ogg", dest)
     assert up.original_name == "My Song.ogg"
@@ -182,6 +192,20 @@ def test_uploader_name_never_becomes_a_path(media: Path, tmp_path: Path, evil: s
     assert up2.path == up.path
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files == [up.path]
+
+
+@pytest.mark.parametrize(("name", "spooled"), [
+    ("song.mp3", "upload.mp3"), ("../../evil.MP3", "upload.MP3"), ("/etc/x.ogg", "upload.ogg"),
+    ("..", "upload"), ("a.mp3;rm -rf", "upload"), ("x.mp3/../../y", "upload"),
+    ("clip.toolongext", "upload")])
+def test_spooled_file_name_is_never_the_members(tmp_path: Path, name: str, spooled: str):
+    path = spool_bytes(b"data", name)
+    try:
+        assert path.name == spooled and path.read_bytes() == b"data"
+        assert path.parent.name.startswith("crowdtune-upload-")
+        assert list(path.parent.iterdir()) == [path]
+    finally:
+        shutil.rmtree(path.parent)
 
 
 @pytest.mark.parametrize("name", ["-v.mp3", "http:evil.mp3", "concat:x.mp3"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import Any
 
 import aiohttp
@@ -19,20 +20,23 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.adapter.checks import NotModerator
 from bot.adapter.posting import (
     add_vote_reactions,
     report_content,
     report_files,
     track_embed,
     track_file,
+    uploads_howto,
 )
 from bot.adapter.radio import PlayerFactory, Radio, VoicePlayer
+from bot.core.clock import Clock
 from bot.core.config import BotSettings
 from bot.core.errors import UserFacingError
 from bot.core.guild_config import GuildConfig
 from bot.core.ratelimit import RateLimited, SlidingWindowLimiter
 from bot.core.rounds import RoundBusy, RoundSummary
-from bot.core.scheduler import Clock, GuildScheduler, pick_origin, system_clock
+from bot.core.scheduler import GuildScheduler
 from bot.core.services import Services
 from bot.core.tracks import GeneratedTrack
 from model.registry import RegistryError
@@ -43,10 +47,6 @@ EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.moderation", 
               "cogs.admin")
 GENERIC_ERROR = ("Something went wrong on my side; try again in a minute. If it keeps "
                  "happening, ask a moderator to check the bot's log.")
-
-
-class NotModerator(app_commands.CheckFailure):
-    """The member lacks Manage Server and the guild's moderator role."""
 
 
 def make_intents(settings: BotSettings) -> discord.Intents:
@@ -61,19 +61,15 @@ def make_intents(settings: BotSettings) -> discord.Intents:
     return intents
 
 
-def is_moderator(member: discord.Member | discord.User, permissions: discord.Permissions,
-                 cfg: GuildConfig) -> bool:
-    """Manage Server (from Discord's own resolution of the member's permissions in this
-    interaction), or the moderator role the guild configured."""
-    if permissions.manage_guild or permissions.administrator:
-        return True
-    roles = getattr(member, "roles", [])
-    return cfg.moderator_role_id is not None and any(
-        r.id == cfg.moderator_role_id for r in roles)
-
-
-def user_message(error: BaseException) -> str | None:
+def user_message(error: BaseException, interaction: discord.Interaction | None = None
+                 ) -> str | None:
     """What to tell the member about an error, or None for a bug (logged, generic reply)."""
+    if isinstance(error, app_commands.CommandNotFound):
+        name = " ".join([*error.parents, error.name])
+        return (f"/{name} is gone or not synced yet; try again in a minute (a moderator can "
+                "run /sync to refresh the commands).")
+    if isinstance(error, app_commands.TransformerError):
+        return bad_option_message(error, interaction)
     if isinstance(error, NotModerator):
         return ("Only moderators can use this: it needs the Manage Server permission or the "
                 "moderator role set with /setup.")
@@ -114,17 +110,33 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
         log.warning("could not tell the member about an error: %s", exc)
 
 
+def bad_option_message(error: app_commands.TransformerError,
+                       interaction: discord.Interaction | None) -> str:
+    """One line naming the option whose value could not be used, and what it needs."""
+    option = next((name for name, value in (interaction.namespace if interaction else [])
+                   if value is error.value), None)
+    value = error.value
+    shown = getattr(value, "mention", None) or repr(str(value))[:60]
+    wanted = getattr(error.transformer, "_error_display_name", None) or error.type.name
+    wanted = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(wanted)).lower()
+    where = f"for {option} " if option else ""
+    return f"That value {where}({shown}) is not a {wanted}; pick another one."
+
+
 class CrowdtuneTree(app_commands.CommandTree):
     async def on_error(self, interaction: discord.Interaction,
                        error: app_commands.AppCommandError) -> None:
         cause: BaseException = error
         if isinstance(error, app_commands.CommandInvokeError):
             cause = error.original
-        text = user_message(cause)
-        command = interaction.command.qualified_name if interaction.command else "?"
+        text = user_message(cause, interaction)
+        command = (interaction.command.qualified_name if interaction.command
+                   else getattr(cause, "name", "?"))
         if text is None:
             log.error("/%s failed", command, exc_info=cause)
             text = GENERIC_ERROR
+        elif isinstance(cause, app_commands.TransformerError) and cause.__cause__ is not None:
+            log.warning("/%s: an option's converter failed", command, exc_info=cause.__cause__)
         else:
             log.info("/%s refused: %s", command, text)
         await reply_privately(interaction, text)
@@ -137,17 +149,17 @@ class CrowdtuneBotMixin:
     services: Services
 
     def __init__(self, settings: BotSettings, services: Services, *,
-                 clock: Clock = system_clock, player_factory: PlayerFactory = VoicePlayer,
+                 clock: Clock | None = None, player_factory: PlayerFactory = VoicePlayer,
                  sync_commands: bool = False, **options: Any) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=make_intents(settings),
                          tree_cls=CrowdtuneTree, help_command=None, **options)  # type: ignore[call-arg]
         self.settings = settings
         self.services = services
-        self.clock = clock
+        self.clock = clock or services.clock  # one clock: the services' unless a test's
         self.radio = Radio(services, player_factory, self.timestamp)
         self.generate_limiter = SlidingWindowLimiter(3600.0, self.timestamp)
         self.scheduler = GuildScheduler(services.configs, self._scheduled_round,
-                                        self.post_scheduled, clock)
+                                        self.post_scheduled, self.clock)
         self._sync_on_start = sync_commands
         self._rounds: dict[str, asyncio.Task[RoundSummary | None]] = {}
         self.guilds_ready = asyncio.Event()  # every guild's schedule installed (per READY)
@@ -217,6 +229,34 @@ class CrowdtuneBotMixin:
 
     # --- posting --------------------------------------------------------------------------
 
+    async def pin_uploads_howto(self, guild: discord.Guild, cfg: GuildConfig) -> list[str]:
+        """Post and pin the how-to line in the guild's uploads channel, once per channel
+        (remembered in the guild's config). Best effort: what failed comes back as warning
+        lines for the moderator, never as an error."""
+        channel = guild.get_channel(cfg.uploads_channel_id) if cfg.uploads_channel_id else None
+        me = self.bot.user
+        if not cfg.uploads_howto_due or not isinstance(channel, discord.TextChannel) or \
+                me is None:
+            return []
+        text = uploads_howto(me.mention, self.settings.message_content)
+        try:
+            message = await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            why = ("I may not send messages there" if isinstance(exc, discord.Forbidden)
+                   else exc.text or f"HTTP {exc.status}")
+            log.warning("guild %s: uploads how-to not posted: %s", guild.id, exc)
+            return [f"Warning: I could not post how to share songs in {channel.mention} "
+                    f"({why}); I will try again at the next /setup."]
+        await self.services.configs.update(guild.id, uploads_howto_channel_id=channel.id,
+                                           uploads_howto_message_id=message.id)
+        try:
+            await message.pin(reason="How to share songs with the bot")
+        except discord.HTTPException as exc:
+            log.warning("guild %s: uploads how-to not pinned: %s", guild.id, exc)
+            return [f"Warning: I posted how to share songs in {channel.mention} but could not "
+                    "pin it (I need the Pin Messages permission); pin it yourself."]
+        return []
+
     async def music_channel(self, guild_id: int | str) -> discord.TextChannel | None:
         cfg = await self.services.configs.get(guild_id)
         if cfg.music_channel_id is None:
@@ -244,10 +284,7 @@ class CrowdtuneBotMixin:
             log.info("guild %s: no music channel set (/setup); scheduled post skipped",
                      guild_id)
             return None
-        s, store = self.settings, self.services.store
-        origin = pick_origin(await store.recent_origins(guild_id), s.baseline_share,
-                             s.upload_seeded_share, bool(await store.uploads(guild_id)))
-        (track,) = await self.services.tracks.generate(guild_id, 1, origin=origin)
+        track = await self.services.tracks.next_post(guild_id)
         return await self.post_track(channel, track)
 
     # --- rounds ---------------------------------------------------------------------------

@@ -56,6 +56,16 @@ async def add_vote_reactions(message: discord.Message,
             log.warning("message %s: could not add %s: %s", message.id, emoji, exc)
 
 
+def uploads_howto(bot_mention: str, message_content: bool) -> str:
+    """The line pinned in the uploads channel. Without the Message Content intent Discord
+    shows the bot a post's attachments only when the post mentions it."""
+    if message_content:
+        return ("📥 Share a song for this server's model to learn from: post it here with the "
+                "audio file attached, or use /upload.")
+    return (f"📥 Share a song for this server's model to learn from: mention {bot_mention} "
+            "in a post with the audio file attached, or use /upload.")
+
+
 def report_content(summary: RoundSummary) -> str:
     text = summary.text or f"Round {summary.round_id}: {summary.status}. {summary.reason}"
     return text if len(text) <= MAX_CONTENT else text[: MAX_CONTENT - 1] + "…"

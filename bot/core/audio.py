@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from pydub import AudioSegment
+
+from model.files import atomic_path
 
 FORMATS = {"ogg": ("ogg", "libopus", "96k"), "mp3": ("mp3", "libmp3lame", "160k")}
 
@@ -22,8 +23,7 @@ def encode(audio: np.ndarray, sample_rate: int, path: Path, fmt: str) -> Path:
     Written to a temporary name and renamed, so a half-encoded file never appears.
     """
     segment = to_segment(audio, sample_rate)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with atomic_path(path, fsync=False) as tmp:
         if fmt == "wav":
             segment.export(tmp, format="wav")
         else:
@@ -32,7 +32,4 @@ def encode(audio: np.ndarray, sample_rate: int, path: Path, fmt: str) -> Path:
             if fmt == "ogg":
                 segment = segment.set_frame_rate(48000)
             segment.export(tmp, format=container, codec=codec, bitrate=bitrate)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

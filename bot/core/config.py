@@ -8,6 +8,8 @@ from typing import Literal, TypeVar
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.core.domain import MAX_GENERATE_PER_HOUR, MAX_POSTS_PER_DAY
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -115,8 +117,8 @@ class BotSettings(Settings):
     message_content: bool = False
 
     # Per-guild defaults.
-    generate_per_hour: int = Field(default=3, ge=0, le=60)  # /generate per member
-    posts_per_day: int = Field(default=3, ge=0, le=12)  # scheduled tracks in the music channel
+    generate_per_hour: int = Field(default=3, ge=0, le=MAX_GENERATE_PER_HOUR)
+    posts_per_day: int = Field(default=3, ge=0, le=MAX_POSTS_PER_DAY)
     round_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "sun"
     round_hour: int = Field(default=18, ge=0, le=23)
     round_minute: int = Field(default=0, ge=0, le=59)

@@ -21,3 +21,7 @@ class RoundStatus(StrEnum):
 
 
 MIN_STARS, MAX_STARS = 1, 5
+
+# What a moderator may set for their guild (the bot's defaults obey the same bounds).
+MAX_POSTS_PER_DAY = 12  # scheduled tracks in the music channel
+MAX_GENERATE_PER_HOUR = 60  # /generate per member

@@ -26,13 +26,13 @@ from typing import Any
 
 from bot.core.domain import MAX_STARS, MIN_STARS
 from bot.core.errors import UserFacingError
+from bot.core.ids import is_valid_id
 from bot.core.listening import ListenInterval, Play
 from bot.core.store import Store, Track
 
 log = logging.getLogger(__name__)
 
 # Discord snowflakes or simple names (the CLI's "alice"), like guild ids.
-MEMBER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Listening a little past the end is clock jitter, not a bad record; it is clipped.
 LISTEN_TOLERANCE_S = 0.5
 IMPORT_COLUMNS = ("track_id", "member_id", "stars", "listened_s")
@@ -89,7 +89,7 @@ def member_key(member_id: int | str) -> str:
         if member_id < 0:
             raise FeedbackError(f"invalid member id {member_id}")
         return str(member_id)
-    if not isinstance(member_id, str) or not MEMBER_RE.match(member_id):
+    if not is_valid_id(member_id):
         raise FeedbackError(f"invalid member id {member_id!r}: use a Discord user id or "
                             "letters, digits, - and _")
     return member_id

@@ -12,12 +12,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.core.config import DAYS, BotSettings
+from bot.core.domain import MAX_GENERATE_PER_HOUR, MAX_POSTS_PER_DAY
 from bot.core.errors import UserFacingError
 from bot.core.store import Store
 
 # Scheduled posts are spread over these hours of the guild's day (09:00 to 23:00).
 FIRST_POST_HOUR, POST_SPAN_HOURS = 9, 14
-MAX_POSTS_PER_DAY = 12
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -41,6 +41,9 @@ class GuildConfig:
     schedule_since: float = 0.0
     # The latest scheduled round time already handled (run, or found running).
     rounds_handled_until: float = 0.0
+    # The how-to pinned in the uploads channel (posted once per channel, by /setup).
+    uploads_howto_channel_id: int | None = None
+    uploads_howto_message_id: int | None = None
 
     @property
     def post_hours(self) -> list[int]:
@@ -51,6 +54,12 @@ class GuildConfig:
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def uploads_howto_due(self) -> bool:
+        """An uploads channel is set and the how-to was not posted there yet."""
+        return (self.uploads_channel_id is not None
+                and self.uploads_howto_channel_id != self.uploads_channel_id)
 
     def round_when(self) -> str:
         return (f"every {self.round_day.capitalize()} at {self.round_hour:02d}:"
@@ -86,7 +95,8 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"Unknown day {out['round_day']!r}: use one of {', '.join(DAYS)}.")
         out["round_day"] = day
     ranges = {"round_hour": (0, 23), "round_minute": (0, 59),
-              "posts_per_day": (0, MAX_POSTS_PER_DAY), "generate_per_hour": (0, 60)}
+              "posts_per_day": (0, MAX_POSTS_PER_DAY),
+              "generate_per_hour": (0, MAX_GENERATE_PER_HOUR)}
     for key, (lo, hi) in ranges.items():
         if out.get(key) is not None and not lo <= int(out[key]) <= hi:
             raise ConfigError(f"{key.replace('_', ' ')} must be from {lo} to {hi}.")

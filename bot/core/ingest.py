@@ -1,8 +1,9 @@
 """Song uploads: validate, convert and store a member's audio file.
 
-Both the CLI (`crowdtune upload`) and the bot (attachments) call `ingest_upload` (or
-`ingest_bytes`), from a worker thread: everything here blocks. Recording the upload in the
-database is the caller's job; this module only checks the file, converts it and stores it.
+Both the CLI (`crowdtune upload`) and the bot (attachments, first written to a temporary
+file by `spool_bytes`) reach `ingest_upload` through `bot.core.uploads.UploadService`, from a
+worker thread: everything here blocks. Recording the upload in the database is the service's
+job; this module only checks the file, converts it and stores it.
 
 Pipeline, cheapest check first so a bad file costs as little as possible:
 
@@ -34,13 +35,12 @@ quieter than the target instead. Near-silent files are rejected: there is nothin
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import unicodedata
@@ -55,6 +55,7 @@ from pydub import AudioSegment
 from scipy.signal import resample_poly
 
 from bot.core.errors import UserFacingError
+from model.files import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -214,23 +215,24 @@ def ingest_upload(
     return upload
 
 
-def ingest_bytes(
-    data: bytes,
-    filename: str,
-    dest_dir: str | os.PathLike[str],
-    *,
-    limits: UploadLimits = DEFAULT_LIMITS,
-) -> IngestedUpload:
-    """`ingest_upload` for a file held in memory (e.g. a Discord attachment's bytes)."""
-    check_size(len(data), limits)
-    # ffprobe uses the extension as a hint (a tagless MP3), so keep it when it is plain.
+def spool_bytes(data: bytes, filename: str) -> Path:
+    """Write a file held in memory (a Discord attachment's bytes) into a new private
+    temporary folder, for `ingest_upload`; the caller removes the folder (`path.parent`).
+
+    The member's file name never becomes a path: the file is `upload<suffix>`, keeping the
+    suffix only when it is plain (ffprobe uses it as a hint, e.g. for a tagless MP3).
+    """
     suffix = Path(display_name(filename)).suffix
     if not re.fullmatch(r"\.[A-Za-z0-9]{1,5}", suffix):
         suffix = ""
-    with tempfile.TemporaryDirectory(prefix="crowdtune-upload-") as tmp:
-        path = Path(tmp) / f"upload{suffix}"
+    folder = Path(tempfile.mkdtemp(prefix="crowdtune-upload-"))
+    path = folder / f"upload{suffix}"
+    try:
         path.write_bytes(data)
-        return ingest_upload(path, dest_dir, original_name=filename, limits=limits)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return path
 
 
 # ------------------------------------------------------------------------------ the pipeline
@@ -255,7 +257,10 @@ def _ingest(source: Path, dest_dir: Path, name: str, limits: UploadLimits) -> In
         log.debug("stat %s failed: %s", source, exc)
         raise UploadRejected("That file could not be read.") from exc
     check_size(size, limits)
-    sha256 = _sha256(source)
+    try:
+        sha256 = sha256_file(source)
+    except OSError as exc:
+        raise UploadRejected("That file could not be read.") from exc
     probe = _probe(source, limits)
     samples, orig_rate, orig_channels = _decode(source, probe, limits)
     duration_s = len(samples) / limits.target_sample_rate
@@ -273,17 +278,6 @@ def _ingest(source: Path, dest_dir: Path, name: str, limits: UploadLimits) -> In
         sha256=sha256,
         size_bytes=size,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise UploadRejected("That file could not be read.") from exc
-    return digest.hexdigest()
 
 
 def _run_ffprobe(path: Path, timeout_s: float) -> dict[str, Any]:
@@ -437,28 +431,16 @@ def _store(pcm: np.ndarray, dest_dir: Path, sha256: str, rate: int) -> Path:
     """Write the WAV under a temporary name in `dest_dir`, then rename it into place, so
     readers never see half a file and a failure leaves nothing behind."""
     final = dest_dir / f"{sha256}.wav"
-    tmp_name: str | None = None
     try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=".upload-", suffix=".wav.part")
-        with os.fdopen(fd, "wb") as f:
-            with wave.open(f, "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(rate)
-                w.writeframes(pcm.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
         # Same sha256, same content: a concurrent or repeated upload replaces it harmlessly.
-        os.replace(tmp_name, final)
-        tmp_name = None
+        with atomic_path(final) as tmp, wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(pcm.tobytes())
     except OSError as exc:
         log.error("could not store upload in %s: %s", dest_dir, exc)
         raise UploadRejected("I couldn't save that file; please try again later.") from exc
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
     return final
 
 

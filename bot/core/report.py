@@ -39,6 +39,9 @@ ORIGINS = (GENERATED, BASELINE, UPLOAD_SEEDED)
 COLOURS = {GENERATED: "#0072B2", BASELINE: "#7F7F7F", UPLOAD_SEEDED: "#E69F00"}
 LABELS = {GENERATED: "new model", BASELINE: "baseline", UPLOAD_SEEDED: "upload-seeded"}
 MAX_SUMMARY_CHARS = 1500  # well under Discord's 2,000-character message limit
+# Below this many votes an arm's interval is wider than the scale says anything about (two
+# votes of 4 and 5 give "4.50 ± 6.35"): the report says so instead of printing it.
+MIN_VOTES_TO_TELL = 5
 
 
 @dataclass(frozen=True)
@@ -164,14 +167,19 @@ def summary_text(current: RoundRatings, promoted: bool, reason: str,
         m, lo, hi = mean_ci(values)
         if math.isnan(m):
             lines.append(f"{LABELS.get(origin, origin)}: no ratings")
-        elif math.isnan(lo):
-            lines.append(f"{LABELS.get(origin, origin)}: {m:.2f} stars (n={len(values)})")
+        elif len(values) < MIN_VOTES_TO_TELL:
+            lines.append(f"{LABELS.get(origin, origin)}: {m:.2f} stars (n={len(values)}, too "
+                         "few votes to tell)")
         else:
             lines.append(f"{LABELS.get(origin, origin)}: {m:.2f} ± {(hi - lo) / 2:.2f} stars "
                          f"(n={len(values)})")
-    gain, p = compare(current.ratings.get(GENERATED, []), current.ratings.get(BASELINE, []))
+    new, base = current.ratings.get(GENERATED, []), current.ratings.get(BASELINE, [])
+    gain, p = compare(new, base)
     if math.isnan(gain):
         lines.append("Gain over baseline: not measured (no ratings on one side)")
+    elif min(len(new), len(base)) < MIN_VOTES_TO_TELL:
+        lines.append(f"Gain over baseline: too few votes to tell (n={len(new)} and "
+                     f"{len(base)}; {MIN_VOTES_TO_TELL} each are needed)")
     else:
         lines.append(f"Gain over baseline: {gain:+.2f} stars ({_fmt_p(p)}, Mann-Whitney)")
     decision = "promoted" if promoted else "not promoted, keeping the current model"

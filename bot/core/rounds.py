@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings
 from bot.core.domain import Origin, RoundStatus
 from bot.core.errors import UserFacingError
@@ -45,14 +45,26 @@ from bot.core.rewards import (
     track_rewards,
 )
 from bot.core.rewards import training_weights as reward_weights
-from bot.core.store import RoundConflict, Store, TrackFeedback
+from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback
 from bot.core.tracks import mel_file
-from model.evaluate import EvalSpec
-from model.finetune import FinetuneSpec
+from model.contracts import (
+    ErrorEvent,
+    EvalSpec,
+    FinetuneSpec,
+    ItemKind,
+    OnEvent,
+    PreferencePair,
+    RatedFile,
+    StartedEvent,
+    TrainItem,
+    TrainResult,
+    Verdict,
+    parse_event,
+)
 from model.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
-Progress = Callable[[dict], None]
+Done = TypeVar("Done", TrainResult, Verdict)
 
 
 class RoundBusy(UserFacingError):
@@ -115,29 +127,34 @@ def child_env() -> dict[str, str]:
 
 
 async def run_child(module: str, spec_path: Path, log_path: Path, timeout: float,
-                    on_event: Progress | None = None) -> dict:
-    """Run `python -m module spec` and return its 'done' event; JSON lines are progress."""
+                    on_event: OnEvent | None = None, *, done: type[Done]) -> Done:
+    """Run `python -m module spec` and return its 'done' event, read as `done` (TrainResult
+    or Verdict); its other JSON lines are progress events (model/contracts.py), passed to
+    `on_event` as they come, after a StartedEvent."""
     with log_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", module, str(spec_path),
             stdout=asyncio.subprocess.PIPE, stderr=err, env=child_env(),
         )
         if on_event:
-            on_event({"event": "started", "module": module, "pid": proc.pid})
-        result: dict | None = None
+            on_event(StartedEvent(module=module, pid=proc.pid))
+        result: Done | None = None
         error = ""
         try:
             async with asyncio.timeout(timeout):
                 assert proc.stdout is not None
                 async for raw in proc.stdout:
                     try:
-                        event = json.loads(raw)
-                    except json.JSONDecodeError:
+                        event = parse_event(raw, done)
+                    except ValueError as exc:  # an event with the wrong fields
+                        error = f"unreadable event: {exc}"
                         continue
-                    if event.get("event") == "done":
+                    if event is None:  # not an event (a stray print)
+                        continue
+                    if isinstance(event, done):
                         result = event
-                    elif event.get("event") == "error":
-                        error = event.get("error", "")
+                    elif isinstance(event, ErrorEvent):
+                        error = event.error
                     if on_event:
                         on_event(event)
                 code = await proc.wait()
@@ -158,10 +175,10 @@ async def run_child(module: str, spec_path: Path, log_path: Path, timeout: float
 
 @dataclass
 class TrainingSet:
-    items: list[dict]
-    pairs: list[list[str]]
-    rated: list[dict]
-    liked: list[str]
+    items: list[TrainItem]  # what fine-tuning learns from
+    pairs: list[PreferencePair]  # for Diffusion-DPO
+    rated: list[RatedFile]  # the reward model's data
+    liked: list[str]  # paths of liked music, for evaluation
     counts: dict
 
 
@@ -189,15 +206,13 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     guild = feedback[0].track.guild_id if feedback else ""
     items = []
     for r, w in zip(keep, weights, strict=True):
-        item = {"key": f"track:{r.track_id}", "path": files[r.track_id], "weight": float(w),
-                "kind": "track"}
         mel = mel_file(settings, guild, r.track_id)
-        if mel.is_file():
-            item["mel"] = str(mel)
-        items.append(item)
-    items += [{"key": f"upload:{u.id}", "path": u.file, "weight": rewards_cfg.upload_reward,
-               "kind": "upload"} for u in uploads]
-    pairs = [[f"track:{p.preferred}", f"track:{p.rejected}"]
+        items.append(TrainItem(key=f"track:{r.track_id}", path=files[r.track_id],
+                               weight=float(w), kind=ItemKind.TRACK,
+                               mel=str(mel) if mel.is_file() else None))
+    items += [TrainItem(key=f"upload:{u.id}", path=u.file, weight=rewards_cfg.upload_reward,
+                        kind=ItemKind.UPLOAD) for u in uploads]
+    pairs = [PreferencePair(f"track:{p.preferred}", f"track:{p.rejected}")
              for p in preference_pairs(votes, rewards_cfg)
              if p.preferred in files and p.rejected in files]
     liked = [files[r.track_id] for r in keep if r.reward > 0] + [u.file for u in uploads]
@@ -209,8 +224,8 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
         past, past_files = rated, files
     else:
         past, _, _, past_files = _rated(history, rewards_cfg)
-    rated_rows = [{"path": past_files[r.track_id], "reward": r.reward} for r in past]
-    rated_rows += [{"path": u.file, "reward": rewards_cfg.upload_reward} for u in uploads]
+    rated_rows = [RatedFile(path=past_files[r.track_id], reward=r.reward) for r in past]
+    rated_rows += [RatedFile(path=u.file, reward=rewards_cfg.upload_reward) for u in uploads]
     counts["reward_model_tracks"] = len(past)
     return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows)
 
@@ -231,16 +246,27 @@ def round_ratings(feedback: list[TrackFeedback], round_starts: list[float]) -> l
     return out
 
 
+@dataclass(frozen=True)
+class RoundState:
+    """What /round status shows: the round running now (as recorded) and the last one that
+    finished."""
+
+    running: RoundRow | None
+    last: RoundRow | None
+
+
 class RoundService:
-    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry) -> None:
+    def __init__(self, settings: Settings, store: Store, registry: ModelRegistry,
+                 clock: Clock = system_clock) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
+        self.clock = clock
 
     def _rewards_cfg(self) -> RewardSettings:
         return RewardSettings(**self.settings.reward)
 
-    async def run_round(self, guild: str, progress: Progress | None = None) -> RoundSummary:
+    async def run_round(self, guild: str, progress: OnEvent | None = None) -> RoundSummary:
         lock = GuildLock(self.settings.data_dir / "locks" / f"round-{guild}.lock")
         if not lock.acquire():
             raise RoundBusy(f"a round for guild {guild} is already running")
@@ -253,7 +279,7 @@ class RoundService:
         finally:
             lock.release()
 
-    async def _run_locked(self, guild: str, progress: Progress | None) -> RoundSummary:
+    async def _run_locked(self, guild: str, progress: OnEvent | None) -> RoundSummary:
         await self.store.ensure_guild(guild)
         champion = await asyncio.to_thread(self.registry.ensure_guild, guild)
         rolled_back = await self._auto_rollback(guild, champion)
@@ -295,7 +321,7 @@ class RoundService:
                        window: list[TrackFeedback]) -> list[TrackFeedback]:
         """The feedback of the last `reward_history_days` (the window when that is shorter)."""
         days = self.settings.reward_history_days
-        start = time.time() - days * 86400
+        start = self.clock().timestamp() - days * 86400
         if days == 0 or since is None or start >= since:
             return window
         return await self.store.track_feedback(guild, since=start)
@@ -310,7 +336,7 @@ class RoundService:
 
     async def _train_and_judge(self, guild: str, champion: VersionInfo, data: TrainingSet,
                                work: Path, summary: RoundSummary,
-                               progress: Progress | None) -> None:
+                               progress: OnEvent | None) -> None:
         s = self.settings
         work.mkdir(parents=True, exist_ok=True)
         parent_dir = self.registry.version_dir(guild, champion.version)
@@ -329,23 +355,26 @@ class RoundService:
         spec.save(work / "finetune.json")
         started = time.perf_counter()
         trained = await run_child("model.finetune", work / "finetune.json",
-                                  work / "finetune.log", s.round_timeout_s, progress)
+                                  work / "finetune.log", s.round_timeout_s, progress,
+                                  done=TrainResult)
         info = await asyncio.to_thread(
             self.registry.add_version, guild, work / "candidate", champion.version,
-            "finetune", f"round {summary.round_id}", {"train": trained})
+            "finetune", f"round {summary.round_id}", {"train": asdict(trained)})
         summary.candidate_version = info.version
         ev = EvalSpec(champion_dir=str(parent_dir),
                       candidate_dir=str(self.registry.version_dir(guild, info.version)),
                       rated=data.rated, reward_model=str(work / "reward_model.json"),
                       liked=data.liked, clips=s.eval_clips,
                       steps=s.sampler_steps, threads=s.torch_threads)
-        (work / "evaluate.json").write_text(json.dumps(asdict(ev)))
+        ev.save(work / "evaluate.json")
         verdict = await run_child("model.evaluate", work / "evaluate.json",
-                                  work / "evaluate.log", s.round_timeout_s, progress)
-        summary.metrics = {"train": trained, "eval": verdict,
+                                  work / "evaluate.log", s.round_timeout_s, progress,
+                                  done=Verdict)
+        # Stored as JSON: {"train": TrainResult, "eval": Verdict (metrics nested), "seconds"}.
+        summary.metrics = {"train": asdict(trained), "eval": asdict(verdict),
                            "seconds": round(time.perf_counter() - started, 1)}
-        summary.reason = verdict["reason"]
-        if verdict["promote"]:
+        summary.reason = verdict.reason
+        if verdict.promote:
             await asyncio.to_thread(self.registry.promote, guild, info.version)
             summary.promoted = True
 
@@ -379,6 +408,17 @@ class RoundService:
         if periods:
             await asyncio.to_thread(rating_chart, periods, chart)
         return periods, chart
+
+    async def state(self, guild: str) -> RoundState:
+        """The recorded running round (if any) and the last finished one."""
+        running = await self.store.running_round(guild)
+        last = next((r for r in await self.store.rounds(guild, limit=5)
+                     if r.status != RoundStatus.RUNNING), None)
+        return RoundState(running, last)
+
+    async def history(self, guild: str, limit: int = 8) -> list[RoundRow]:
+        """The guild's last rounds, newest first."""
+        return await self.store.rounds(guild, limit=limit)
 
     async def _report(self, guild: str, summary: RoundSummary) -> None:
         """The chart of ratings per round and origin, and the text for the channel."""

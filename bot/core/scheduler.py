@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.core.clock import Clock, system_clock
 from bot.core.guild_config import GuildConfig, GuildConfigs
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]  # an aware datetime (UTC)
 GuildJob = Callable[[str], Awaitable[None]]
 LOOKBACK = timedelta(days=8)  # longer than the longest period (weekly)
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def round_trigger(cfg: GuildConfig) -> CronTrigger:
@@ -52,21 +48,6 @@ def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime | None:
         last = t
         t = trigger.get_next_fire_time(t, t + timedelta(seconds=1))
     return last
-
-
-def pick_origin(recent: Sequence[str], baseline_share: float, upload_share: float,
-                has_uploads: bool) -> str:
-    """The origin of the next scheduled post: the one furthest below its share among the
-    guild's recent tracks, so one track at a time still follows the generation mix
-    (a share of baseline tracks to measure each round against, some seeded from uploads)."""
-    shares = {"baseline": baseline_share, "upload_seeded": upload_share if has_uploads else 0.0}
-    shares["generated"] = max(0.0, 1.0 - sum(shares.values()))
-    n = len(recent) + 1
-    deficit = {o: s * n - list(recent).count(o) for o, s in shares.items() if s > 0}
-    if not deficit:
-        return "generated"
-    order = ("generated", "baseline", "upload_seeded")  # ties: the current model first
-    return max(deficit, key=lambda o: (round(deficit[o], 9), -order.index(o)))
 
 
 class GuildScheduler:

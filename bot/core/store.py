@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.core.clock import Clock, system_clock
 from bot.core.domain import MAX_STARS, MIN_STARS, Origin, RoundStatus
 from bot.core.listening import union_seconds
 
@@ -219,9 +219,14 @@ def _listen(row: aiosqlite.Row) -> ListenRow:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, clock: Clock = system_clock) -> None:
         self.db = db
+        self.clock = clock
         self._batch_depth = 0
+
+    def now(self) -> float:
+        """The injected clock's time, as the database stores it (Unix seconds)."""
+        return self.clock().timestamp()
 
     async def _commit(self) -> None:
         # Inside `batch()` the commit is deferred to its end (one fsync, not one per row).
@@ -245,14 +250,17 @@ class Store:
                 await (self.db.commit() if ok else self.db.rollback())
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, clock: Clock = system_clock) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit no longer waits for an fsync (10x the vote throughput); the
+        # database stays consistent, and only a power cut can lose the last commits.
+        await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db)
+        store = cls(db, clock)
         await store.migrate()
         return store
 
@@ -285,7 +293,7 @@ class Store:
         await self.db.execute(
             "INSERT INTO guilds (id, name, created_at) VALUES (?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET name = COALESCE(excluded.name, guilds.name)",
-            (str(guild_id), name, time.time()),
+            (str(guild_id), name, self.now()),
         )
         await self._commit()
 
@@ -316,7 +324,7 @@ class Store:
         cur = await self.db.execute(
             "INSERT INTO tracks (guild_id, model_version, origin, file, duration_s, seed, "
             "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (str(guild_id), model_version, origin, file, duration_s, seed, time.time()),
+            (str(guild_id), model_version, origin, file, duration_s, seed, self.now()),
         )
         await self._commit()
         assert cur.lastrowid is not None
@@ -356,7 +364,7 @@ class Store:
             "INSERT INTO votes (track_id, member_id, stars, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(track_id, member_id) DO UPDATE SET stars = excluded.stars, "
             "updated_at = excluded.updated_at WHERE votes.stars != excluded.stars",
-            (track_id, str(member_id), stars, time.time() if at is None else at),
+            (track_id, str(member_id), stars, self.now() if at is None else at),
         )
         await self._commit()
         return cur.rowcount > 0
@@ -402,7 +410,7 @@ class Store:
             "WHERE excluded.end_s > listens.end_s "
             "OR excluded.present_at_start > listens.present_at_start",
             (track_id, str(member_id), play_started_at, start_s, end_s, int(present_at_start),
-             time.time() if at is None else at),
+             self.now() if at is None else at),
         )
         await self._commit()
         return cur.rowcount > 0
@@ -458,7 +466,7 @@ class Store:
             "duration_s, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(guild_id, sha256) DO NOTHING",
             (str(guild_id), str(member_id), sha256, file, original_name, format, duration_s,
-             time.time()),
+             self.now()),
         )
         await self._commit()
         row = await self.upload_by_sha(guild_id, sha256)
@@ -538,7 +546,7 @@ class Store:
             cur = await self.db.execute(
                 "INSERT INTO rounds (guild_id, started_at, status, parent_version) "
                 "VALUES (?, ?, 'running', ?)",
-                (str(guild_id), time.time() if at is None else at, parent_version),
+                (str(guild_id), self.now() if at is None else at, parent_version),
             )
         except aiosqlite.IntegrityError as exc:
             running = await self.running_round(guild_id)
@@ -566,7 +574,7 @@ class Store:
             "parent_version = COALESCE(?, parent_version), candidate_version = ?, "
             "promoted = ?, reason = ?, counts = ?, metrics = ? "
             "WHERE id = ? AND status = 'running'",
-            (status, time.time() if at is None else at, parent_version, candidate_version,
+            (status, self.now() if at is None else at, parent_version, candidate_version,
              int(promoted), reason, json.dumps(dict(counts or {})),
              json.dumps(dict(metrics or {})), round_id),
         )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,11 +14,35 @@ import numpy as np
 
 from bot.core.audio import encode
 from bot.core.config import Settings
+from bot.core.domain import Origin
 from bot.core.store import ModelVersionRow, Store
 from bot.core.worker import GenerationJob, GenerationWorker
 from model.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
+
+
+def plan_origins(recent: Sequence[str], n: int, baseline_share: float, upload_share: float,
+                 has_uploads: bool) -> list[Origin]:
+    """The posting policy, used by the bot's scheduled posts, the simulation and the
+    benchmarks: each next track takes the origin furthest below its share among the
+    `recent` ones and those planned before it, so one post at a time and a batch both follow
+    the mix (a share of baseline tracks to measure each round against, some seeded from
+    uploads, the rest from the guild's current model). Ties go to the current model."""
+    shares = {Origin.BASELINE: baseline_share,
+              Origin.UPLOAD_SEEDED: upload_share if has_uploads else 0.0}
+    shares[Origin.GENERATED] = max(0.0, 1.0 - sum(shares.values()))
+    live = {o: s for o, s in shares.items() if s > 0} or {Origin.GENERATED: 1.0}
+    order = list(Origin)
+    history = list(recent)
+    plan: list[Origin] = []
+    for _ in range(n):
+        total = len(history) + 1
+        deficit = {o: s * total - history.count(o) for o, s in live.items()}
+        pick = max(deficit, key=lambda o: (round(deficit[o], 9), -order.index(o)))
+        plan.append(pick)
+        history.append(pick)
+    return plan
 
 
 @dataclass(frozen=True)
@@ -27,7 +52,7 @@ class GeneratedTrack:
     model_version: str
     duration_s: float
     seed: int
-    origin: str
+    origin: Origin
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,11 +86,11 @@ class TrackService:
         await self.store.record_model_version(version_row(info))
         return info
 
-    async def model_for(self, guild: str, origin: str) -> VersionInfo:
+    async def model_for(self, guild: str, origin: Origin) -> VersionInfo:
         """The active model, or for baseline tracks the base (the guild's v0001) or the
         previous champion, per `baseline_source`."""
         active = await self.active_version(guild)
-        if origin != "baseline":
+        if origin != Origin.BASELINE:
             return active
         if self.settings.baseline_source == "previous" and active.parent:
             info = self.registry.info(guild, active.parent)
@@ -76,7 +101,7 @@ class TrackService:
 
     async def generate(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
-        seconds: float | None = None, origin: str = "generated",
+        seconds: float | None = None, origin: Origin = Origin.GENERATED,
     ) -> list[GeneratedTrack]:
         info = await self.model_for(guild, origin)
         out_dir = out_dir or self.settings.tracks_dir / guild
@@ -85,7 +110,7 @@ class TrackService:
         first = seed if seed is not None else secrets.randbelow(2**31 - n)
         seeds = tuple(first + i for i in range(n))
         seed_audio: tuple[str, ...] = ()
-        if origin == "upload_seeded":
+        if origin == Origin.UPLOAD_SEEDED:
             uploads = await self.store.uploads(guild)
             if not uploads:
                 raise ValueError(f"guild {guild} has no uploads to seed generation from")
@@ -104,28 +129,38 @@ class TrackService:
             made.append(track)
         return made
 
+    async def plan_origins(self, guild: str, n: int, recent: Sequence[str] = ()
+                           ) -> list[Origin]:
+        """The posting policy for this guild's next `n` tracks (after `recent`)."""
+        s = self.settings
+        return plan_origins(recent, n, s.baseline_share, s.upload_seeded_share,
+                            bool(await self.store.uploads(guild)))
+
+    async def next_post(self, guild: str) -> GeneratedTrack:
+        """One scheduled post, in the posting mix given the guild's latest tracks."""
+        (origin,) = await self.plan_origins(guild, 1, await self.store.recent_origins(guild))
+        (track,) = await self.generate(guild, 1, origin=origin)
+        return track
+
     async def generate_mix(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
         seconds: float | None = None,
     ) -> list[GeneratedTrack]:
-        """n tracks in the posting mix: a share from the baseline model, a share seeded from
-        uploads (when the guild has any), the rest from the active model; shuffled."""
+        """n tracks in the posting mix (the bot's policy, over this batch): a share from the
+        baseline model, a share seeded from uploads (when the guild has any), the rest from
+        the active model; consecutive seeds per origin, then shuffled."""
         first = seed if seed is not None else secrets.randbelow(2**30)
-        n_base = round(n * self.settings.baseline_share)
-        has_uploads = bool(await self.store.uploads(guild))
-        n_up = round(n * self.settings.upload_seeded_share) if has_uploads else 0
-        plan = [("generated", n - n_base - n_up), ("baseline", n_base), ("upload_seeded", n_up)]
+        plan = await self.plan_origins(guild, n)
         made: list[GeneratedTrack] = []
-        offset = 0
-        for origin, count in plan:
+        for origin in Origin:  # a batch per origin: one model load, one seed range each
+            count = plan.count(origin)
             if count > 0:
-                made += await self.generate(guild, count, out_dir, first + offset, seconds,
+                made += await self.generate(guild, count, out_dir, first + len(made), seconds,
                                             origin)
-                offset += count
         random.Random(first).shuffle(made)
         return made
 
-    async def _save(self, guild: str, version: str, origin: str, audio, sr: int, seed: int,
+    async def _save(self, guild: str, version: str, origin: Origin, audio, sr: int, seed: int,
                     out_dir: Path) -> GeneratedTrack:
         duration = len(audio) / sr
         track_id = await self.store.add_track(guild, version, origin, duration, seed)

@@ -1,5 +1,8 @@
 """Recording song uploads: the one path for the bot's attachments and `crowdtune upload`.
 
+`ingest` takes a file (the CLI), `ingest_bytes` an attachment's bytes (the bot), and the
+bot checks an attachment's declared size with `check_size` before downloading it.
+
 `bot.core.ingest` checks, converts and stores the file (blocking; run here in a thread); this
 service records it in the database, one upload per song (sha256 of the original bytes) per
 guild. A song already known is recognised from its hash before any decoding, so a re-upload
@@ -11,20 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
-import re
+import shutil
 from pathlib import Path
 
 from bot.core.config import Settings
-from bot.core.ingest import DEFAULT_LIMITS, UploadLimits, ingest_upload
+from bot.core.ids import is_valid_id
+from bot.core.ingest import DEFAULT_LIMITS, UploadLimits, check_size, ingest_upload, spool_bytes
 from bot.core.store import Store, UploadRow
+from model.files import sha256_file
 
 log = logging.getLogger(__name__)
 
-# Guild ids name a folder: Discord snowflakes or simple names only, never a path.
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def _known_sha256(path: Path, limits: UploadLimits) -> str | None:
@@ -34,13 +36,9 @@ def _known_sha256(path: Path, limits: UploadLimits) -> str | None:
         size = path.stat().st_size
         if not 0 < size <= limits.max_bytes or not path.is_file():
             return None
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        return sha256_file(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 class UploadService:
@@ -49,6 +47,22 @@ class UploadService:
         self.settings = settings
         self.store = store
         self.limits = limits
+
+    def check_size(self, size_bytes: int) -> None:
+        """`UploadRejected` (with the reason) when a file of this size is not taken: an
+        attachment's declared size, checked before anything is downloaded."""
+        check_size(size_bytes, self.limits)
+
+    async def ingest_bytes(self, guild_id: str | int, member_id: int | str, data: bytes,
+                           filename: str) -> tuple[UploadRow, bool]:
+        """`ingest` for a file held in memory (a Discord attachment's bytes, named
+        `filename` by the member)."""
+        check_size(len(data), self.limits)  # an attachment's declared size may be wrong
+        path = await asyncio.to_thread(spool_bytes, data, filename)
+        try:
+            return await self.ingest(str(guild_id), member_id, path, original_name=filename)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, path.parent, True)
 
     async def ingest(
         self, guild_id: str, member_id: int | str, path: str | os.PathLike[str],
@@ -61,7 +75,7 @@ class UploadService:
         take; then nothing is stored.
         """
         guild, member = str(guild_id), str(member_id)
-        if not _ID_RE.match(guild) or not _ID_RE.match(member):
+        if not is_valid_id(guild) or not is_valid_id(member):
             raise ValueError(f"invalid guild or member id: {guild!r}, {member!r}")
         source = Path(path)
         sha = await asyncio.to_thread(_known_sha256, source, self.limits)

@@ -35,13 +35,15 @@ def _init_worker(threads: int) -> None:
 
 
 def _load(model_dir: str):
-    from model.pipeline import CrowdtunePipeline
+    from model.pipeline import CrowdtunePipeline, best_device
 
     # Version folders never change; the mtime guards a base that was re-pretrained.
     key = (model_dir, (Path(model_dir) / "model_index.json").stat().st_mtime)
     if key not in _pipelines:
         _pipelines.clear()
-        _pipelines[key] = CrowdtunePipeline.from_pretrained(model_dir)
+        # On the GPU when there is one: the seeds' noise is still drawn on the CPU (the
+        # pipeline moves it), and the audio is decoded on the CPU.
+        _pipelines[key] = CrowdtunePipeline.from_pretrained(model_dir).to(best_device())
     return _pipelines[key]
 
 

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bot.core.audio import encode
-from bot.core.config import Settings
-from bot.core.feedback import FeedbackService
+from bot.core.config import BotSettings
 from bot.core.report import (
     BASELINE,
     GENERATED,
@@ -36,18 +35,14 @@ from bot.core.report import (
     rating_chart,
     round_stats,
 )
-from bot.core.rounds import RoundService
-from bot.core.store import Store
-from bot.core.tracks import GeneratedTrack, TrackService
-from bot.core.uploads import UploadService
-from bot.core.worker import GenerationWorker
+from bot.core.services import Services
+from bot.core.tracks import GeneratedTrack
 from bot.experiment.community import Community, listen_seconds, make_upload, will_upload
 from model.features import AudioFeatures, diversity, extract
 from model.finetune import load_audio
-from model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
+Say = Callable[[str], None]  # one line of progress for the operator
 GUILD = "sim"
 
 
@@ -138,8 +133,8 @@ def _taste(feats: list[AudioFeatures]) -> dict:
 
 
 class Simulation:
-    def __init__(self, settings: Settings, cfg: SimConfig, workdir: Path,
-                 progress: Progress | None = None) -> None:
+    def __init__(self, settings: BotSettings, cfg: SimConfig, workdir: Path,
+                 progress: Say | None = None) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.say = progress or (lambda _msg: None)
@@ -162,36 +157,27 @@ class Simulation:
     async def run(self, base_dir: Path) -> SimResult:
         start = time.perf_counter()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        registry = ModelRegistry(self.settings.models_dir)
-        shutil.copytree(base_dir, registry.base_dir)
-        worker = GenerationWorker(self.settings.torch_threads)
+        shutil.copytree(base_dir, self.settings.models_dir / "base")
         result = SimResult(config=self.cfg)
-        try:
-            async with await Store.open(self.settings.db_path) as store:
-                self.store = store
-                self.tracks = TrackService(self.settings, store, registry, worker)
-                self.feedback = FeedbackService(store)
-                self.uploads = UploadService(self.settings, store)
-                rounds = RoundService(self.settings, store, registry)
-                for k in range(self.cfg.rounds + 1):
-                    final = k == self.cfg.rounds
-                    result.passes.append(await self._rating_pass(k, final))
-                    if final:
-                        break
-                    if self.cfg.uploads:
-                        await self._uploads(k)
-                    if self.cfg.fine_tune:
-                        self.say(f"round {k + 1}: fine-tuning")
-                        t = time.perf_counter()
-                        summary = await rounds.run_round(GUILD)
-                        p = result.passes[-1]
-                        p.promoted, p.reason = summary.promoted, summary.reason
-                        p.round_seconds = time.perf_counter() - t
-                        self.say(f"round {k + 1}: {summary.status}, "
-                                 f"{'promoted' if summary.promoted else 'kept'}: "
-                                 f"{summary.reason}")
-        finally:
-            worker.close()
+        async with await Services.open(self.settings) as services:
+            self.services = services
+            for k in range(self.cfg.rounds + 1):
+                final = k == self.cfg.rounds
+                result.passes.append(await self._rating_pass(k, final))
+                if final:
+                    break
+                if self.cfg.uploads:
+                    await self._uploads(k)
+                if self.cfg.fine_tune:
+                    self.say(f"round {k + 1}: fine-tuning")
+                    t = time.perf_counter()
+                    summary = await services.rounds.run_round(GUILD)
+                    p = result.passes[-1]
+                    p.promoted, p.reason = summary.promoted, summary.reason
+                    p.round_seconds = time.perf_counter() - t
+                    self.say(f"round {k + 1}: {summary.status}, "
+                             f"{'promoted' if summary.promoted else 'kept'}: "
+                             f"{summary.reason}")
         result.seconds = time.perf_counter() - start
         return result
 
@@ -199,26 +185,28 @@ class Simulation:
         seed = 1_000 * (k + 1) + self.cfg.seed * 100_000
         if final:
             self.say(f"final comparison: {self.cfg.final_per_arm} tracks per arm")
-            made = await self.tracks.generate(GUILD, self.cfg.final_per_arm, seed=seed,
+            made = await self.services.tracks.generate(GUILD, self.cfg.final_per_arm, seed=seed,
                                               origin=GENERATED)
-            made += await self.tracks.generate(GUILD, self.cfg.final_per_arm,
+            made += await self.services.tracks.generate(GUILD, self.cfg.final_per_arm,
                                                seed=seed + 500_000, origin=BASELINE)
         else:
             self.say(f"pass {k}: generating {self.cfg.tracks_per_round} tracks")
-            made = await self.tracks.generate_mix(GUILD, self.cfg.tracks_per_round, seed=seed)
+            made = await self.services.tracks.generate_mix(GUILD, self.cfg.tracks_per_round,
+                                                           seed=seed)
         feats = [self._features(t) for t in made]
         stars = self.community.rate_tracks(feats, self.rng)
         heard = self.rng.random(stars.shape) < self.cfg.participation
         ratings: dict[str, list[float]] = {}
-        play = time.time()
+        play = self.services.clock().timestamp()
+        feedback = self.services.feedback
         for i, (track, f) in enumerate(zip(made, feats, strict=True)):
             for j, member in enumerate(self.community.members):
                 if not heard[i, j]:
                     continue
-                await self.feedback.record_vote(track.track_id, member.id, int(stars[i, j]))
+                await feedback.record_vote(track.track_id, member.id, int(stars[i, j]))
                 secs = listen_seconds(member, f, track.duration_s, self.rng)
-                await self.feedback.record_listen(track.track_id, member.id, play + i, 0.0,
-                                                  secs, True)
+                await feedback.record_listen(track.track_id, member.id, play + i, 0.0, secs,
+                                             True)
                 ratings.setdefault(track.origin, []).append(float(stars[i, j]))
         new_feats = [f for t, f in zip(made, feats, strict=True) if t.origin == GENERATED]
         vecs = np.stack([f.vector() for f in new_feats])
@@ -247,7 +235,7 @@ class Simulation:
                 continue
             song = make_upload(member, self.rng, seconds=20.0)
             path = encode(song, 16000, folder / f"song-{k}-{member.id}.mp3", "mp3")
-            await self.uploads.ingest(GUILD, str(member.id), path, f"my song {k}.mp3")
+            await self.services.uploads.ingest(GUILD, str(member.id), path, f"my song {k}.mp3")
 
 
 def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:

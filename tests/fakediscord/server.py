@@ -317,6 +317,9 @@ class RestApi:
         r("GET", msg + r"/reactions/(?P<emoji>[^/]+)", self.get_reactions)
         r("DELETE", msg + r"/reactions/(?P<emoji>[^/]+)", self.clear_emoji)
         r("DELETE", msg + r"/reactions", self.clear_reactions)
+        pin = ch + r"/messages/pins/(?P<message>\d+)"
+        r("PUT", pin, self.pin_message)
+        r("DELETE", pin, self.unpin_message)
         r("POST", r"/interactions/(?P<id>\d+)/(?P<token>[^/]+)/callback", self.callback, auth=False)
         r("POST", hook, self.execute_webhook, auth=False)
         r("GET", hook + r"/messages/(?P<message>@original|\d+)", self.get_webhook_msg, auth=False)
@@ -482,6 +485,24 @@ class RestApi:
             event["guild_id"] = str(guild_id)
         await self.echo("MESSAGE_REACTION_REMOVE_ALL", event)
         return 204, None
+
+    async def _set_pinned(self, m: re.Match[str], pinned: bool) -> Result:
+        channel_id, message_id = self._message(m)
+        self.world.messages[message_id]["pinned"] = pinned
+        pins = [x for x in self.world.channel_messages(channel_id) if x.get("pinned")]
+        event: JSON = {"channel_id": str(channel_id),
+                       "last_pin_timestamp": p.iso() if pins else None}
+        guild_id = self.world.guild_of_channel(channel_id)
+        if guild_id is not None:
+            event["guild_id"] = str(guild_id)
+        await self.echo("CHANNEL_PINS_UPDATE", event)
+        return 204, None
+
+    async def pin_message(self, call: RecordedCall, m: re.Match[str]) -> Result:
+        return await self._set_pinned(m, True)
+
+    async def unpin_message(self, call: RecordedCall, m: re.Match[str]) -> Result:
+        return await self._set_pinned(m, False)
 
     # ------------------------------------------------------------------ interactions
 
