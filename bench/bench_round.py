@@ -86,8 +86,8 @@ async def main() -> None:
     print(f"{'round status':<28} {summary.status} ({summary.reason})")
     print(f"{'counts':<28} {summary.counts}")
     print(f"{'wall time':<28} {wall:.0f} s ({wall / 60:.1f} min)")
-    train = summary.metrics.get("train", {})
-    print(f"{'  of which fine-tuning':<28} {train.get('seconds', '-')} s")
+    train_s = summary.metrics.train.seconds if summary.metrics else "-"
+    print(f"{'  of which fine-tuning':<28} {train_s} s")
     print(f"{'peak RSS, this process':<28} {own:.0f} MB")
     print(f"{'peak RSS, largest child':<28} {kids:.0f} MB")
 

@@ -24,7 +24,6 @@ from bot.core.rounds import RoundRow
 
 log = logging.getLogger(__name__)
 
-MOD_PERMISSIONS = discord.Permissions(manage_guild=True)
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 
@@ -117,11 +116,10 @@ class Moderation(commands.Cog):
 
     # --- /round ---------------------------------------------------------------------------
 
-    round_group = app_commands.Group(name="round", description="The weekly fine-tuning round",
-                                     guild_only=True, default_permissions=MOD_PERMISSIONS)
+    round_group = checks.ModeratorGroup(name="round",
+                                        description="The weekly fine-tuning round")
 
     @round_group.command(name="now", description="Run this week's round now")
-    @checks.moderator_only()
     async def round_now(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         self.bot.start_round(interaction.guild.id)
@@ -131,7 +129,6 @@ class Moderation(commands.Cog):
                           "Follow it with /round status.")
 
     @round_group.command(name="status", description="The running or the last round")
-    @checks.moderator_only()
     async def round_status(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         gid = str(interaction.guild.id)
@@ -149,7 +146,6 @@ class Moderation(commands.Cog):
         await self._reply(interaction, "\n".join(lines))
 
     @round_group.command(name="history", description="The last rounds and what they did")
-    @checks.moderator_only()
     async def round_history(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         rows = await self.bot.services.rounds.history(str(interaction.guild.id), limit=8)
@@ -158,11 +154,10 @@ class Moderation(commands.Cog):
 
     # --- /model ---------------------------------------------------------------------------
 
-    model_group = app_commands.Group(name="model", description="This server's model versions",
-                                     guild_only=True, default_permissions=MOD_PERMISSIONS)
+    model_group = checks.ModeratorGroup(name="model",
+                                        description="This server's model versions")
 
     @model_group.command(name="info", description="The active model and its versions")
-    @checks.moderator_only()
     async def model_info(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         overview = await self.bot.services.models.overview(interaction.guild.id)
@@ -182,7 +177,6 @@ class Moderation(commands.Cog):
     @model_group.command(name="rollback", description="Go back to the previous (or a named) "
                          "model version")
     @app_commands.describe(version="e.g. v0002; default: the active version's parent")
-    @checks.moderator_only()
     async def model_rollback(self, interaction: discord.Interaction,
                              version: str | None = None) -> None:
         assert interaction.guild is not None
@@ -228,9 +222,8 @@ class Moderation(commands.Cog):
 
     # --- /schedule ------------------------------------------------------------------------
 
-    schedule_group = app_commands.Group(name="schedule", description="When rounds and posts "
-                                        "happen", guild_only=True,
-                                        default_permissions=MOD_PERMISSIONS)
+    schedule_group = checks.ModeratorGroup(name="schedule",
+                                           description="When rounds and posts happen")
 
     async def _schedule_text(self, guild_id: int) -> str:
         cfg = await self.bot.services.configs.get(guild_id)
@@ -243,7 +236,6 @@ class Moderation(commands.Cog):
             f"/generate: {cfg.generate_per_hour} per member per hour"])
 
     @schedule_group.command(name="show", description="The round and posting schedule")
-    @checks.moderator_only()
     async def schedule_show(self, interaction: discord.Interaction) -> None:
         assert interaction.guild is not None
         await self._reply(interaction, await self._schedule_text(interaction.guild.id))
@@ -254,7 +246,6 @@ class Moderation(commands.Cog):
         minute="Minute of the round", timezone="IANA time zone, e.g. Europe/Berlin",
         posts_per_day=f"Tracks posted a day (0-{MAX_POSTS_PER_DAY})",
         generate_per_hour="/generate uses per member per hour (0 turns it off)")
-    @checks.moderator_only()
     async def schedule_set(
         self, interaction: discord.Interaction, day: Day | None = None,
         hour: app_commands.Range[int, 0, 23] | None = None,

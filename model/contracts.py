@@ -206,16 +206,12 @@ class StepEvent(ChildEvent):
     loss: float  # mean of the last 10 steps
 
 
-@dataclass(frozen=True)
-class TrainResult(ChildEvent):
-    """Fine-tuning's `done` event."""
+@dataclass(frozen=True, kw_only=True)
+class TrainResult(DataEvent):
+    """Fine-tuning's `done` event: what it trained on (as in its `data` event) and how it
+    ended."""
 
     EVENT: ClassVar[str] = "done"
-    windows: int
-    pairs: int
-    dpo: bool
-    guided: bool
-    reward_model_corr: float | None
     final_loss: float
     seconds: float
 

@@ -44,10 +44,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +67,7 @@ from model.contracts import (
     TrainResult,
 )
 from model.corpus_pool import CorpusPool, load_pool
+from model.files import atomic_dir
 from model.pipeline import CrowdtunePipeline
 from model.reward_model import RewardModel, window_vectors
 from model.training import Batch, ExtraLoss, FitConfig, autocast, denoise_target, fit
@@ -230,8 +230,9 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
         groups.append((1.0 - spec.track_share - spec.upload_share,
                        torch.cat([torch.zeros(len(latents), dtype=torch.float64), replay_p])))
     probs = draw_probs(groups)
-    report(DataEvent(windows=len(latents), pairs=len(pairs), replay=n_replay, dpo=use_dpo,
-                     guided=guide.guided, reward_model_corr=guide.reward_model_corr))
+    data = DataEvent(windows=len(latents), pairs=len(pairs), replay=n_replay, dpo=use_dpo,
+                     guided=guide.guided, reward_model_corr=guide.reward_model_corr)
+    report(data)
 
     def draw_batch(gen: torch.Generator) -> Batch:
         idx = torch.multinomial(probs, spec.batch_size, replacement=True, generator=gen)
@@ -250,15 +251,9 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
         ref_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
         extra = dpo_term(ref_unet, pipe.scheduler, latents, pairs, spec)
     losses = fit(pipe.unet, pipe.scheduler, draw_batch, fit_config(spec), extra, on_step)
-    out = Path(spec.out_dir)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)  # fit leaves the EMA weights on the CPU
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    result = TrainResult(windows=len(latents), pairs=len(pairs), dpo=use_dpo,
-                         guided=guide.guided, reward_model_corr=guide.reward_model_corr,
-                         final_loss=round(float(np.mean(losses[-10:])), 4),
+    with atomic_dir(Path(spec.out_dir)) as tmp:  # a killed child leaves no candidate
+        pipe.save_pretrained(tmp)  # fit leaves the EMA weights on the CPU
+    result = TrainResult(**asdict(data), final_loss=round(float(np.mean(losses[-10:])), 4),
                          seconds=round(time.perf_counter() - start, 1))
     report(result)
     return result

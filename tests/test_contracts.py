@@ -70,8 +70,7 @@ def test_events_parse_back_into_their_types():
     data = DataEvent(windows=8, pairs=0, replay=512, dpo=False, guided=True,
                      reward_model_corr=0.4)
     assert parse_event(data.to_json(), Verdict) == data
-    done = TrainResult(windows=8, pairs=1, dpo=False, guided=False, reward_model_corr=None,
-                       final_loss=0.2, seconds=3.0)
+    done = TrainResult(windows=8, pairs=1, replay=512, dpo=False, final_loss=0.2, seconds=3.0)
     assert parse_event(done.to_json(), TrainResult) == done
     v = Verdict(promote=True, reason="predicted reward +0.1", metrics=METRICS)
     back = parse_event(v.to_json(), Verdict)
@@ -105,8 +104,7 @@ def _fake_child(tmp_path, monkeypatch, body: str) -> None:
 
 
 async def test_run_child_reads_typed_events_and_the_error_line(tmp_path, monkeypatch):
-    done = TrainResult(windows=1, pairs=0, dpo=False, guided=False, reward_model_corr=None,
-                       final_loss=0.1, seconds=0.5)
+    done = TrainResult(windows=1, pairs=0, replay=0, dpo=False, final_loss=0.1, seconds=0.5)
     _fake_child(tmp_path, monkeypatch, "\n".join([
         "print('loading weights...')",  # a stray line is not an event
         f"print({StepEvent(1, 1, 0.3).to_json()!r})",

@@ -66,11 +66,13 @@ async def test_round_trains_evaluates_and_records(env):
     assert summary.counts["pairs"] > 0
     assert registry.active_name(GUILD) == ("v0002" if summary.promoted else "v0001")
     assert registry.info(GUILD, "v0002").parent == "v0001"
-    # Stored as JSON: the training result and the verdict, with its metrics, as dicts.
-    assert set(summary.metrics) == {"train", "eval", "seconds"}
-    assert summary.metrics["eval"]["promote"] == summary.promoted
-    assert summary.metrics["eval"]["metrics"]["clips"] == 4
-    assert summary.metrics["train"]["windows"] > 0
+    # Typed in the summary, JSON in the database and in `round run --json`.
+    assert summary.metrics is not None and summary.metrics.eval.promote == summary.promoted
+    assert summary.metrics.eval.metrics.clips == 4 and summary.metrics.train.windows > 0
+    stored = (await store.get_round(summary.round_id)).metrics
+    assert set(stored) == {"train", "eval", "seconds"}
+    assert stored["eval"]["metrics"]["clips"] == 4
+    assert summary.to_dict()["metrics"]["train"]["windows"] == summary.metrics.train.windows
     json.dumps(summary.to_dict())  # `crowdtune round run --json` prints it
     assert isinstance(events[0], StartedEvent) and events[0].module == "model.finetune"
     assert [e.step for e in events if isinstance(e, StepEvent)] == [4]

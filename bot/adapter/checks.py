@@ -67,14 +67,27 @@ def moderator_only() -> Callable[[T], T]:
     server can show them to anyone, so the rule is checked on every call.
     """
 
-    async def predicate(interaction: discord.Interaction) -> bool:
-        if interaction.guild is None:
-            raise app_commands.NoPrivateMessage()
-        if not await member_is_moderator(interaction):
-            raise NotModerator()
-        return True
+    return app_commands.check(require_moderator)
 
-    return app_commands.check(predicate)
+
+async def require_moderator(interaction: discord.Interaction) -> bool:
+    if interaction.guild is None:
+        raise app_commands.NoPrivateMessage()
+    if not await member_is_moderator(interaction):
+        raise NotModerator()
+    return True
+
+
+class ModeratorGroup(app_commands.Group):
+    """A slash-command group for moderators: hidden from members by default, guild only, and
+    every subcommand checked like `moderator_only` (the group's check runs first)."""
+
+    def __init__(self, *, name: str, description: str) -> None:
+        super().__init__(name=name, description=description, guild_only=True,
+                         default_permissions=discord.Permissions(manage_guild=True))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return await require_moderator(interaction)
 
 
 def radio_listener_or_moderator() -> Callable[[T], T]:

@@ -75,6 +75,16 @@ class ChildFailed(Exception):
     """The training or evaluation child process failed (one-line reason)."""
 
 
+@dataclass(frozen=True)
+class RoundMetrics:
+    """What a round that trained measured: the fine-tune's result, the evaluation's verdict
+    (with its metrics) and the seconds both took. Stored as JSON with the round."""
+
+    train: TrainResult
+    eval: Verdict
+    seconds: float
+
+
 @dataclass
 class RoundSummary:
     round_id: int | None
@@ -87,7 +97,7 @@ class RoundSummary:
     active_version: str | None = None
     rolled_back: str | None = None  # what the automatic rollback did, if anything
     counts: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    metrics: RoundMetrics | None = None  # None: the round did not get to train
     chart: str | None = None
     text: str = ""
 
@@ -313,7 +323,7 @@ class RoundService:
         await self.store.finish_round(
             row.id, summary.status, candidate_version=summary.candidate_version,
             promoted=summary.promoted, reason=summary.reason, counts=summary.counts,
-            metrics=summary.metrics)
+            metrics=asdict(summary.metrics) if summary.metrics else None)
         await self._report(guild, summary)
         return summary
 
@@ -370,9 +380,8 @@ class RoundService:
         verdict = await run_child("model.evaluate", work / "evaluate.json",
                                   work / "evaluate.log", s.round_timeout_s, progress,
                                   done=Verdict)
-        # Stored as JSON: {"train": TrainResult, "eval": Verdict (metrics nested), "seconds"}.
-        summary.metrics = {"train": asdict(trained), "eval": asdict(verdict),
-                           "seconds": round(time.perf_counter() - started, 1)}
+        summary.metrics = RoundMetrics(trained, verdict,
+                                       round(time.perf_counter() - started, 1))
         summary.reason = verdict.reason
         if verdict.promote:
             await asyncio.to_thread(self.registry.promote, guild, info.version)
