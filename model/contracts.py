@@ -185,17 +185,15 @@ class Guide:
     reward_model_corr: float | None = None  # held-out r; None when there was none to fit
 
 
-@dataclass(frozen=True)
-class DataEvent(ChildEvent):
-    """Fine-tuning read its data and is about to train."""
+@dataclass(frozen=True, kw_only=True)
+class DataEvent(Guide, ChildEvent):
+    """Fine-tuning read its data and is about to train (and whether the replay is guided)."""
 
     EVENT: ClassVar[str] = "data"
     windows: int
     pairs: int
     replay: int
     dpo: bool
-    guided: bool = False
-    reward_model_corr: float | None = None
 
 
 @dataclass(frozen=True)

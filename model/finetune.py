@@ -231,7 +231,7 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
                        torch.cat([torch.zeros(len(latents), dtype=torch.float64), replay_p])))
     probs = draw_probs(groups)
     data = DataEvent(windows=len(latents), pairs=len(pairs), replay=n_replay, dpo=use_dpo,
-                     guided=guide.guided, reward_model_corr=guide.reward_model_corr)
+                     **asdict(guide))
     report(data)
 
     def draw_batch(gen: torch.Generator) -> Batch:

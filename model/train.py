@@ -32,14 +32,14 @@ PATCH = (8, 4)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(FitConfig):
+    """Pretraining's settings of the training core (the shipped base's recipe): warmup then
+    cosine LR, a long EMA with diffusers' power warmup; batches drawn uniformly."""
+
     steps: int = 9000
-    batch_size: int = 16
     lr: float = 3e-4
-    warmup: int = 50
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    seed: int = 0
+    warmup: int | None = 50
+    batch_size: int = 16
 
 
 def make_unet(mel: MelConfig, patch: tuple[int, int] = PATCH,
@@ -110,10 +110,7 @@ def train_denoiser(
         idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
         return latents[idx], None if weights is None else weights[idx]
 
-    fit_cfg = FitConfig(steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay,
-                        ema_warmup=True, ema_power=2 / 3, grad_clip=cfg.grad_clip,
-                        seed=cfg.seed)
-    return fit(pipe.unet, pipe.scheduler, draw_batch, fit_cfg, on_step=progress)
+    return fit(pipe.unet, pipe.scheduler, draw_batch, cfg, on_step=progress)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import discord
@@ -39,6 +41,17 @@ def make_client(**intent_flags: bool) -> discord.Client:
         intents=make_intents(**intent_flags), guild_ready_timeout=FAST_GUILD_READY_TIMEOUT
     )
 
+@asynccontextmanager
+async def in_text_channel(emu: FakeDiscord) -> AsyncIterator[tuple[discord.Client,
+                                                                   discord.TextChannel]]:
+    """A connected client and the emulator's text channel."""
+    client = make_client()
+    async with running(client, emu):
+        channel = client.get_channel(emu.ids.text_channel)
+        assert isinstance(channel, discord.TextChannel)
+        yield client, channel
+
+
 
 async def test_client_logs_in_and_caches_the_guild(fake_discord: FakeDiscord) -> None:
     emu = fake_discord
@@ -72,10 +85,7 @@ async def test_bad_token_fails_login(fake_discord: FakeDiscord) -> None:
 
 async def test_send_file_and_reaction_are_recorded(fake_discord: FakeDiscord) -> None:
     emu = fake_discord
-    client = make_client()
-    async with running(client, emu):
-        channel = client.get_channel(emu.ids.text_channel)
-        assert isinstance(channel, discord.TextChannel)
+    async with in_text_channel(emu) as (client, channel):
         echoed = await expect_event(client, "message")
         sent = await channel.send("Track #1", file=discord.File(io.BytesIO(WAV), "track-1.wav"))
         await sent.add_reaction("1️⃣")
@@ -101,10 +111,7 @@ async def test_send_file_and_reaction_are_recorded(fake_discord: FakeDiscord) ->
 
 async def test_pin_and_unpin(fake_discord: FakeDiscord) -> None:
     emu = fake_discord
-    client = make_client()
-    async with running(client, emu):
-        channel = client.get_channel(emu.ids.text_channel)
-        assert isinstance(channel, discord.TextChannel)
+    async with in_text_channel(emu) as (client, channel):
         sent = await channel.send("How to share a song")
         pinned = await expect_event(client, "guild_channel_pins_update")
         await sent.pin(reason="how-to")
@@ -124,10 +131,7 @@ async def test_pin_and_unpin(fake_discord: FakeDiscord) -> None:
 
 async def test_injected_reactions_reach_raw_handlers(fake_discord: FakeDiscord) -> None:
     emu = fake_discord
-    client = make_client()
-    async with running(client, emu):
-        channel = client.get_channel(emu.ids.text_channel)
-        assert isinstance(channel, discord.TextChannel)
+    async with in_text_channel(emu) as (client, channel):
         posted = await channel.send("Rate this track")
 
         added = await expect_event(client, "raw_reaction_add")
