@@ -164,7 +164,6 @@ class ChildEvent:
         return from_dict(cls, data)
 
 
-
 # What receives a child's events as they come (the round's progress, the CLI's bar).
 OnEvent = Callable[["ChildEvent"], None]
 

@@ -52,7 +52,6 @@ async def in_text_channel(emu: FakeDiscord) -> AsyncIterator[tuple[discord.Clien
         yield client, channel
 
 
-
 async def test_client_logs_in_and_caches_the_guild(fake_discord: FakeDiscord) -> None:
     emu = fake_discord
     client = make_client()

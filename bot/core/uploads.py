@@ -28,7 +28,6 @@ from model.files import sha256_file
 log = logging.getLogger(__name__)
 
 
-
 def _known_sha256(path: Path, limits: UploadLimits) -> str | None:
     """The file's sha256 if it can be read within the size limit; None otherwise (then
     `ingest_upload` runs and gives the member its proper reason)."""
