@@ -223,20 +223,19 @@ class VoteQueue:
     def added(self, guild_id: int, channel_id: int, message_id: int, member_id: int,
               emoji: str) -> bool:
         """A member reacted; False if `emoji` is not a vote."""
-        stars = self.emoji_stars.get(emoji)
-        if stars is None:
-            return False
-        self.queue.put_nowait(Change("add", guild_id, channel_id, message_id, member_id, stars))
-        return True
+        return self._member_change("add", guild_id, channel_id, message_id, member_id, emoji)
 
     def removed(self, guild_id: int, channel_id: int, message_id: int, member_id: int,
                 emoji: str) -> bool:
         """A member took a reaction back; False if `emoji` is not a vote."""
+        return self._member_change("remove", guild_id, channel_id, message_id, member_id, emoji)
+
+    def _member_change(self, kind: str, guild_id: int, channel_id: int, message_id: int,
+                       member_id: int, emoji: str) -> bool:
         stars = self.emoji_stars.get(emoji)
         if stars is None:
             return False
-        self.queue.put_nowait(Change("remove", guild_id, channel_id, message_id, member_id,
-                                     stars))
+        self.queue.put_nowait(Change(kind, guild_id, channel_id, message_id, member_id, stars))
         return True
 
     def cleared(self, guild_id: int, channel_id: int, message_id: int,
