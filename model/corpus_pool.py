@@ -33,35 +33,38 @@ log = logging.getLogger(__name__)
 class CorpusPool:
     images: torch.Tensor  # (n, 1, y_res, x_res) mel images
     vectors: np.ndarray  # (n, d) reward vectors of their codec round trip
+    tags: list[dict[str, str]]  # each clip's tags ({} for the synthesiser-only corpus)
 
 
-def _build(n: int, seed: int, mel: MelConfig) -> CorpusPool:
-    images, _ = corpus_images(n, seed, mel)
+def _build(n: int, seed: int, mel: MelConfig, corpus: str, cache_dir: Path | None
+           ) -> CorpusPool:
+    images, records = corpus_images(n, seed, mel, corpus, cache_dir)
     codec = MelCodec(mel)
     vectors = []
     for start in range(0, n, 32):
         audio = codec.decode(images[start:start + 32]).numpy()
         vectors += [reward_vector(extract(a, mel.sample_rate)) for a in audio]
-    return CorpusPool(images, np.stack(vectors))
+    return CorpusPool(images, np.stack(vectors), [r.get("tags", {}) for r in records])
 
 
 def load_pool(n: int, seed: int = POOL_SEED, mel: MelConfig | None = None,
-              cache_dir: Path | None = None) -> CorpusPool:
+              cache_dir: Path | None = None, corpus: str = "scores") -> CorpusPool:
     """The pool of `n` clips from corpus seed `seed`, from `cache_dir` when it is there
     (`crowdtune pretrain` builds it once: 35 s for 512 clips on 2 cores, measured)."""
     mel = mel or MelConfig()
     if cache_dir is None:
-        return _build(n, seed, mel)
-    key = hashlib.sha1(json.dumps(asdict(mel), sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(cache_dir) / f"pool-{n}-{seed}-{key}.npz"
+        return _build(n, seed, mel, corpus, None)
+    key = hashlib.sha1(json.dumps([asdict(mel), corpus], sort_keys=True).encode()).hexdigest()
+    path = Path(cache_dir) / f"pool-{corpus}-{n}-{seed}-{key[:10]}.npz"
     if path.is_file():
         try:
             data = np.load(path)
             return CorpusPool(torch.from_numpy(data["images"].astype(np.float32)),
-                              data["vectors"])
+                              data["vectors"], json.loads(str(data["tags"])))
         except (OSError, ValueError, KeyError) as exc:  # a torn write: rebuild it
             log.warning("corpus pool cache %s unreadable (%s); rebuilding", path, exc)
-    pool = _build(n, seed, mel)
+    pool = _build(n, seed, mel, corpus, Path(cache_dir))
     with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, images=pool.images.numpy().astype(np.float16), vectors=pool.vectors)
+        np.savez(f, images=pool.images.numpy().astype(np.float16), vectors=pool.vectors,
+                 tags=np.array(json.dumps(pool.tags)))
     return pool

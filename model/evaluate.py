@@ -20,6 +20,7 @@ generators, so both models start from the same noise), else on the CPU.
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -31,14 +32,18 @@ from model.features import diversity, extract
 from model.finetune import load_audio, print_event, reward_rows
 from model.pipeline import CrowdtunePipeline, best_device
 from model.reward_model import RewardModel, reward_vector
+from model.tags import uniform
 
 
 def _generate(model_dir: str, spec: EvalSpec) -> tuple[list[np.ndarray], int]:
     pipe = CrowdtunePipeline.from_pretrained(model_dir).to(best_device())
+    rng = random.Random(spec.seed)  # both models get the same tags: the posting policy's
     out = []
     for start in range(0, spec.clips, 8):
-        res = pipe(batch_size=min(8, spec.clips - start), num_inference_steps=spec.steps,
-                   generator=torch.Generator().manual_seed(spec.seed + start))
+        n = min(8, spec.clips - start)
+        res = pipe(batch_size=n, num_inference_steps=spec.steps,
+                   generator=torch.Generator().manual_seed(spec.seed + start),
+                   tags=[uniform(rng) for _ in range(n)])
         out += res.audios
     return out, pipe.mel.config.sample_rate
 

@@ -70,7 +70,15 @@ from model.corpus_pool import CorpusPool, load_pool
 from model.files import atomic_dir
 from model.pipeline import CrowdtunePipeline
 from model.reward_model import RewardModel, window_vectors
-from model.training import Batch, ExtraLoss, FitConfig, autocast, denoise_target, fit
+from model.training import (
+    Batch,
+    ExtraLoss,
+    FitConfig,
+    autocast,
+    denoise_target,
+    drop_tags,
+    fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +97,12 @@ def load_audio(path: str, sample_rate: int) -> np.ndarray:
 
 
 def item_images(pipe: CrowdtunePipeline, items: list[TrainItem], per_item: int
-                ) -> tuple[torch.Tensor, torch.Tensor, list[ItemKind], dict[str, list[int]]]:
-    """Mel windows of every item, each window carrying its item's weight / window count and
-    its item's kind."""
+                ) -> tuple[torch.Tensor, torch.Tensor, list[ItemKind], dict[str, list[int]],
+                           list[dict[str, str]]]:
+    """Mel windows of every item, each window carrying its item's weight / window count, its
+    item's kind and its item's tags (a track's; none for uploads)."""
     sr = pipe.mel.config.sample_rate
-    images, weights, kinds, index, count = [], [], [], {}, 0
+    images, weights, kinds, index, count, tags = [], [], [], {}, 0, []
     for it in items:
         if it.mel:  # the model's own output, exactly as generated
             wins = torch.from_numpy(np.load(it.mel).astype(np.float32))[:per_item]
@@ -105,10 +114,11 @@ def item_images(pipe: CrowdtunePipeline, items: list[TrainItem], per_item: int
         images.append(wins)
         weights += [float(it.weight) / len(wins)] * len(wins)
         kinds += [it.kind] * len(wins)
+        tags += [dict(getattr(it, "tags", None) or {})] * len(wins)
     if not images:
         shape = (0, 1, pipe.mel.config.y_res, pipe.mel.config.x_res)
-        return torch.zeros(shape), torch.zeros(0, dtype=torch.float64), [], {}
-    return torch.cat(images), torch.tensor(weights, dtype=torch.float64), kinds, index
+        return torch.zeros(shape), torch.zeros(0, dtype=torch.float64), [], {}, []
+    return torch.cat(images), torch.tensor(weights, dtype=torch.float64), kinds, index, tags
 
 
 def draw_probs(groups: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
@@ -155,9 +165,10 @@ def replay_probs(pool: CorpusPool, rated: list[RatedFile], spec: FinetuneSpec, s
 
 
 def dpo_loss(unet, ref_unet, scheduler, x_w: torch.Tensor, x_l: torch.Tensor, beta: float,
-             gen: torch.Generator) -> torch.Tensor:
+             gen: torch.Generator, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Diffusion-DPO: same noise and timestep for the preferred and the rejected window
-    (drawn on the CPU from `gen`, then moved to the windows' device)."""
+    (drawn on the CPU from `gen`, then moved to the windows' device). `labels`: the
+    windows' tag labels, preferred ones then rejected ones, for a tag-conditioned unet."""
     n = len(x_w)
     noise = torch.randn(x_w.shape, generator=gen).to(x_w.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
@@ -167,30 +178,33 @@ def dpo_loss(unet, ref_unet, scheduler, x_w: torch.Tensor, x_l: torch.Tensor, be
     target = torch.cat([denoise_target(scheduler, x_w, noise, t),
                         denoise_target(scheduler, x_l, noise, t)])
     with autocast(x.device):
-        err = (unet(x, tt).sample.float() - target).pow(2).mean(dim=(1, 2, 3))
+        err = (unet(x, tt, class_labels=labels).sample.float() - target).pow(2)
+        err = err.mean(dim=(1, 2, 3))
         with torch.no_grad():
-            ref_err = (ref_unet(x, tt).sample.float() - target).pow(2).mean(dim=(1, 2, 3))
+            ref_err = (ref_unet(x, tt, class_labels=labels).sample.float() - target).pow(2)
+            ref_err = ref_err.mean(dim=(1, 2, 3))
     model_diff = err[:n] - err[n:]
     ref_diff = ref_err[:n] - ref_err[n:]
     return -F.logsigmoid(-0.5 * beta * (model_diff - ref_diff)).mean()
 
 
 def dpo_term(ref_unet: torch.nn.Module, scheduler, latents: torch.Tensor,
-             pairs: list[tuple[list[int], list[int]]], spec: FinetuneSpec) -> ExtraLoss:
+             pairs: list[tuple[list[int], list[int]]], spec: FinetuneSpec,
+             labels: torch.Tensor | None = None) -> ExtraLoss:
     """The DPO loss as the training core's extra term: a few pairs a step, one random window
-    of each member, against the frozen parent `ref_unet`."""
+    of each member, against the frozen parent `ref_unet`; each window under its own tags."""
     n_pairs = max(2, spec.batch_size // 4)
 
     def term(unet: torch.nn.Module, gen: torch.Generator, device: torch.device) -> torch.Tensor:
         ref_unet.to(device)
         pick = torch.randint(len(pairs), (n_pairs,), generator=gen)
         chosen = [pairs[i] for i in pick.tolist()]
-        x_w = torch.stack([latents[w[int(torch.randint(len(w), (1,), generator=gen))]]
-                           for w, _ in chosen]).to(device)
-        x_l = torch.stack([latents[lo[int(torch.randint(len(lo), (1,), generator=gen))]]
-                           for _, lo in chosen]).to(device)
+        w_idx = [w[int(torch.randint(len(w), (1,), generator=gen))] for w, _ in chosen]
+        l_idx = [lo[int(torch.randint(len(lo), (1,), generator=gen))] for _, lo in chosen]
+        x_w, x_l = latents[w_idx].to(device), latents[l_idx].to(device)
+        lab = None if labels is None else labels[w_idx + l_idx].to(device)
         return spec.dpo_weight * dpo_loss(unet, ref_unet, scheduler, x_w, x_l, spec.dpo_beta,
-                                          gen)
+                                          gen, lab)
 
     return term
 
@@ -207,15 +221,18 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
     pipe = CrowdtunePipeline.from_pretrained(spec.parent_dir)
-    images, weights, kinds, index = item_images(pipe, spec.items, spec.windows_per_item)
+    images, weights, kinds, index, tags = item_images(pipe, spec.items, spec.windows_per_item)
     replay, guide = None, Guide()
     with torch.no_grad():
         latents = pipe.images_to_latents(images)
         if spec.replay_clips > 0 and pipe.vqvae is None:
+            # A tag-conditioned (built-in) model rehearses the corpus it was trained on.
             pool = load_pool(spec.replay_clips, spec.replay_seed, pipe.mel.config,
-                             Path(spec.pool_cache) if spec.pool_cache else None)
+                             Path(spec.pool_cache) if spec.pool_cache else None,
+                             corpus="scores" if pipe.accepts_tags else "synth")
             replay = pipe.images_to_latents(pool.images)
             replay_p, guide = replay_probs(pool, spec.rated, spec, pipe.mel.config.sample_rate)
+            tags += pool.tags
     pairs = [(index[p.preferred], index[p.rejected]) for p in spec.pairs
              if p.preferred in index and p.rejected in index]
     use_dpo = spec.dpo_weight > 0 and len(pairs) >= spec.dpo_min_pairs
@@ -234,9 +251,15 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
                      **asdict(guide))
     report(data)
 
+    labels = null = None
+    if pipe.accepts_tags:  # windows are learnt under their own tags, with tag dropout
+        labels = torch.cat([pipe.tag_labels(t, 1).cpu() for t in tags]) if tags else None
+        null = pipe.tag_labels(None, 1).cpu()
+
     def draw_batch(gen: torch.Generator) -> Batch:
         idx = torch.multinomial(probs, spec.batch_size, replacement=True, generator=gen)
-        return pool_latents[idx], None
+        lab = None if labels is None else drop_tags(labels[idx], null, gen)
+        return pool_latents[idx], None, lab
 
     recent: list[float] = []
 
@@ -249,7 +272,8 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     extra = None
     if use_dpo:
         ref_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
-        extra = dpo_term(ref_unet, pipe.scheduler, latents, pairs, spec)
+        extra = dpo_term(ref_unet, pipe.scheduler, latents, pairs, spec,
+                         None if labels is None else labels[:len(latents)])
     losses = fit(pipe.unet, pipe.scheduler, draw_batch, fit_config(spec), extra, on_step)
     with atomic_dir(Path(spec.out_dir)) as tmp:  # a killed child leaves no candidate
         pipe.save_pretrained(tmp)  # fit leaves the EMA weights on the CPU

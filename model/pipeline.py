@@ -12,6 +12,12 @@ convolutions on a small grid. A real checkpoint has patch size 1x1 and may have 
 Tracks longer than one window are consecutive windows whose starting noises are spherical
 interpolations between a few anchors (as Riffusion does), crossfaded. The paper's
 "something like these songs" mode replaces the random anchors by DDIM inversions of songs.
+
+The built-in base is conditioned on tags (model/tags.py): the UNet's class embedding holds a
+block of rows per field, a tag set picks one row per field (the field's "any" row when left
+out) and their sum joins the time embedding. Trained with tag dropout, so no tags is plain
+unconditional generation, and asked tags use classifier-free guidance. The vocabulary the
+embedding was trained with is saved in `model_index.json`; a model without one takes no tags.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import inspect
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,7 @@ from diffusers import (
     UNet2DModel,
 )
 
+from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
 from model.registry import CheckpointError
 
@@ -50,6 +58,7 @@ WINDOWS_PER_ANCHOR = 3
 # superimposed), hence a small mix.
 SEED_STRENGTH = 0.7
 SEED_MIX = (0.0, 0.3)
+GUIDANCE = 3.0  # classifier-free guidance scale for asked tags
 
 
 def best_device() -> torch.device:
@@ -109,6 +118,25 @@ def crossfade(windows: list[np.ndarray], overlap: int) -> np.ndarray:
     return out
 
 
+class TagEmbedding(torch.nn.Embedding):
+    """The UNet's class embedding for tag sets: labels (n, fields) -> the sum of the fields'
+    rows (diffusers' own embedding takes one label per example)."""
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        out = super().forward(labels)
+        return out.sum(dim=-2) if labels.dim() == 2 else out
+
+
+def use_tag_embedding(unet: UNet2DModel) -> None:
+    """Swap the UNet's class embedding for a TagEmbedding with the same weights (and state
+    dict keys, so the folder stays a plain diffusers UNet)."""
+    old = unet.class_embedding
+    if isinstance(old, torch.nn.Embedding) and not isinstance(old, TagEmbedding):
+        new = TagEmbedding(old.num_embeddings, old.embedding_dim)
+        new.weight = old.weight
+        unet.class_embedding = new
+
+
 class CrowdtunePipeline(DiffusionPipeline):
     def __init__(
         self,
@@ -117,10 +145,42 @@ class CrowdtunePipeline(DiffusionPipeline):
         mel: MelCodec,
         vqvae: AutoencoderKL | None = None,
         patch_size: tuple[int, int] = (1, 1),
+        tag_vocab: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, mel=mel, vqvae=vqvae)
         self.register_to_config(patch_size=list(patch_size))
+        if tag_vocab is not None:
+            use_tag_embedding(unet)
+        self.tag_vocab = ({f: tuple(v) for f, v in tag_vocab.items()}
+                          if tag_vocab is not None else None)
+
+    # --- tags -----------------------------------------------------------------------------
+
+    @property
+    def accepts_tags(self) -> bool:
+        return self.tag_vocab is not None
+
+    def tag_labels(self, tags: Mapping[str, str] | None, n: int) -> torch.Tensor | None:
+        """(n, fields) embedding rows for one tag set (None: every field's "any" row), or
+        None for a model that takes no tags."""
+        if self.tag_vocab is None:
+            return None
+        known = {f: v for f, v in (tags or {}).items() if v in self.tag_vocab.get(f, ())}
+        row = torch.tensor(tagvocab.indices(known, self.tag_vocab), dtype=torch.long)
+        return row.expand(n, -1).to(self.device)
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                 guidance: float) -> torch.Tensor:
+        """The UNet's output; with tag labels, classifier-free guided toward them."""
+        if labels is None:
+            return self.unet(x, t).sample
+        null = self.tag_labels(None, len(x))
+        if guidance == 1.0 or bool((labels == null).all()):
+            return self.unet(x, t, class_labels=labels).sample
+        both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([null, labels])).sample
+        uncond, cond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
 
     # --- latent <-> mel image -------------------------------------------------------------
 
@@ -170,15 +230,20 @@ class CrowdtunePipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, steps: int, deterministic: bool = False,
-                batch: int = 16, strength: float = 1.0) -> torch.Tensor:
+                batch: int = 16, strength: float = 1.0, labels: torch.Tensor | None = None,
+                guidance: float = GUIDANCE) -> torch.Tensor:
         """Run the sampler to clean latents from noise latents at t=T, or (strength < 1)
-        from latents partway, after the first (1 - strength) of the steps."""
+        from latents partway, after the first (1 - strength) of the steps. `labels`: one tag
+        label row per latent (see `tag_labels`; none: unconditional)."""
+        if labels is None:
+            labels = self.tag_labels(None, len(latents))
         outs = []
-        for chunk in latents.split(batch):
+        for i, chunk in enumerate(latents.split(batch)):
+            lab = None if labels is None else labels[i * batch:i * batch + len(chunk)]
             sampler = self._sampler(deterministic, steps)
             x = chunk * sampler.init_noise_sigma if strength >= 1.0 else chunk
             for t in sampler.timesteps[steps - _strength_steps(steps, strength):]:
-                eps = self.unet(sampler.scale_model_input(x, t), t).sample
+                eps = self._predict(sampler.scale_model_input(x, t), t, lab, guidance)
                 x = sampler.step(eps, t, x).prev_sample
             outs.append(x)
         return torch.cat(outs)
@@ -195,8 +260,9 @@ class CrowdtunePipeline(DiffusionPipeline):
         config = {k: v for k, v in self._sampler_config().items() if k in accepted}
         inverse = DDIMInverseScheduler.from_config(config)
         inverse.set_timesteps(steps)
+        untagged = self.tag_labels(None, len(x))  # songs are inverted unconditionally
         for t in inverse.timesteps[:_strength_steps(steps, strength)]:
-            eps = self.unet(x, t).sample
+            eps = self._predict(x, t, untagged, 1.0)
             x = inverse.step(eps, t, x).prev_sample
         return x
 
@@ -226,6 +292,8 @@ class CrowdtunePipeline(DiffusionPipeline):
         seconds: float | None = None,
         seed_latents: torch.Tensor | None = None,
         seed_strength: float = SEED_STRENGTH,
+        tags: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
+        guidance: float = GUIDANCE,
     ) -> TrackAudio:
         """Generate `batch_size` tracks of `seconds` (default: one window).
 
@@ -233,7 +301,13 @@ class CrowdtunePipeline(DiffusionPipeline):
         consecutive windows of a song next to each other), a track follows one song's
         windows from a random start, each slerped a little toward another random seed
         window, and sampling is deterministic DDIM from that strength, so it round-trips.
+        `tags` (one set for every track, or one per track; fields left out mean "any") steer
+        a tag-conditioned model with classifier-free guidance of scale `guidance`; a model
+        without tags ignores them.
         """
+        per_track = [tags] * batch_size if tags is None or isinstance(tags, Mapping) else tags
+        if len(per_track) != batch_size:
+            raise ValueError(f"{len(per_track)} tag sets for {batch_size} tracks")
         n_win = self.n_windows(seconds)
         n_anchor = (n_win - 1) // WINDOWS_PER_ANCHOR + 2
         shape = self.latent_shape()
@@ -254,8 +328,12 @@ class CrowdtunePipeline(DiffusionPipeline):
                 for k, (j, m) in enumerate(zip(other, mix, strict=True))]))
         latents = torch.cat(all_noise).to(self.device, self.unet.dtype)
         seeded = seed_latents is not None
+        labels = None
+        if self.accepts_tags:
+            labels = torch.cat([self.tag_labels(t, n_win) for t in per_track])
         clean = self.denoise(latents, num_inference_steps, deterministic=seeded,
-                             strength=seed_strength if seeded else 1.0)
+                             strength=seed_strength if seeded else 1.0, labels=labels,
+                             guidance=guidance)
         images = self.latents_to_images(clean).float().cpu()
         waves = self.mel.decode(images).numpy()
         sr = self.mel.config.sample_rate
@@ -287,6 +365,8 @@ class CrowdtunePipeline(DiffusionPipeline):
             "vqvae": ["diffusers", "AutoencoderKL"] if self.vqvae is not None else [None, None],
             "patch_size": list(self.patch),
         }
+        if self.tag_vocab is not None:
+            index["tags"] = {f: list(v) for f, v in self.tag_vocab.items()}
         (out / "model_index.json").write_text(json.dumps(index, indent=2))
 
     @classmethod
@@ -309,8 +389,12 @@ class CrowdtunePipeline(DiffusionPipeline):
                 vqvae = AutoencoderKL.from_pretrained(folder / "vqvae")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"cannot load the model at {folder}: {exc}") from exc
+        vocab = index.get("tags")
+        if vocab is not None and unet.config.num_class_embeds != tagvocab.n_embeddings(vocab):
+            raise CheckpointError(f"{folder}: the tag vocabulary does not match the UNet's "
+                                  "class embedding")
         pipe = cls(unet=unet, scheduler=scheduler, mel=mel, vqvae=vqvae,
-                   patch_size=tuple(index.get("patch_size", (1, 1))))
+                   patch_size=tuple(index.get("patch_size", (1, 1))), tag_vocab=vocab)
         pipe.unet.eval()
         return pipe
 

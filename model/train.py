@@ -21,14 +21,18 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DModel
 
+from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
 from model.pipeline import CrowdtunePipeline
 from model.synth import corpus
-from model.training import Batch, FitConfig, OnStep, fit
+from model.training import Batch, FitConfig, OnStep, drop_tags, fit
 
 log = logging.getLogger(__name__)
 
 PATCH = (8, 4)
+# The tag embedding's initial scale (diffusers' default for class embeddings). Measured on a
+# tiny model: at 0.02 the tags still had no effect after 200 steps; at 1.0 they steer.
+EMBED_STD = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,15 +47,17 @@ class TrainConfig(FitConfig):
 
 
 def make_unet(mel: MelConfig, patch: tuple[int, int] = PATCH,
-              channels: tuple[int, ...] = (64, 128, 192), layers_per_block: int = 2) -> UNet2DModel:
+              channels: tuple[int, ...] = (64, 128, 192), layers_per_block: int = 2,
+              tags: bool = True) -> UNet2DModel:
     """The built-in UNet (defaults: 10M parameters, ~20 ms a forward pass on 2 cores).
 
     Plain blocks on the fine grids, attention only on the coarsest, where it is cheap and
-    gives every frame the whole window's context.
+    gives every frame the whole window's context. With `tags`, a class embedding of the tag
+    vocabulary's rows (pipeline.TagEmbedding sums a tag set's rows).
     """
     ph, pw = patch
     depth = len(channels)
-    return UNet2DModel(
+    unet = UNet2DModel(
         sample_size=(mel.y_res // ph, mel.x_res // pw),
         in_channels=ph * pw,
         out_channels=ph * pw,
@@ -61,12 +67,17 @@ def make_unet(mel: MelConfig, patch: tuple[int, int] = PATCH,
         up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (depth - 1),
         attention_head_dim=min(32, channels[-1]),
         norm_num_groups=min(32, channels[0] // 2),
+        num_class_embeds=tagvocab.n_embeddings() if tags else None,
     )
+    if tags:
+        torch.nn.init.normal_(unet.class_embedding.weight, std=EMBED_STD)
+    return unet
 
 
-def make_builtin_pipeline(mel: MelConfig | None = None, seed: int = 0,
+def make_builtin_pipeline(mel: MelConfig | None = None, seed: int = 0, tags: bool = True,
                           **unet_size: object) -> CrowdtunePipeline:
-    """An untrained built-in pipeline (random weights, reproducible by seed)."""
+    """An untrained built-in pipeline (random weights, reproducible by seed), conditioned on
+    the tag vocabulary unless `tags` is False."""
     mel = mel or MelConfig()
     torch.manual_seed(seed)
     # v-prediction: with the cosine schedule's near-zero signal at t=T, predicting the noise
@@ -74,19 +85,32 @@ def make_builtin_pipeline(mel: MelConfig | None = None, seed: int = 0,
     # (measured); v keeps the clean-image estimate well-posed at every t.
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                               prediction_type="v_prediction", clip_sample=False)
-    unet = make_unet(mel, PATCH, **unet_size).eval()  # type: ignore[arg-type]
-    return CrowdtunePipeline(unet=unet, scheduler=scheduler, mel=MelCodec(mel), patch_size=PATCH)
+    unet = make_unet(mel, PATCH, tags=tags, **unet_size).eval()  # type: ignore[arg-type]
+    vocab = {f: list(v) for f, v in tagvocab.VOCAB.items()} if tags else None
+    return CrowdtunePipeline(unet=unet, scheduler=scheduler, mel=MelCodec(mel), patch_size=PATCH,
+                             tag_vocab=vocab)
 
 
-def corpus_images(n: int, seed: int, mel: MelConfig) -> tuple[torch.Tensor, list[dict]]:
-    """Synthesise n one-window pieces and encode them: (n, 1, y_res, x_res), params."""
+def corpus_images(n: int, seed: int, mel: MelConfig, corpus_name: str = "scores",
+                  cache_dir: Path | None = None) -> tuple[torch.Tensor, list[dict]]:
+    """n one-window clips of the starter corpus, encoded: (n, 1, y_res, x_res), and each
+    clip's record (for "scores", a ClipInfo dict with its `tags`; for the older "synth"
+    corpus, its PieceParams)."""
     codec = MelCodec(mel)
-    images, params = [], []
-    for start in range(0, n, 64):  # chunks keep peak memory small
+    if corpus_name == "scores":
+        from model.scores import score_corpus
+
+        audio, infos = score_corpus(n, seed, mel.window_seconds, mel.sample_rate, cache_dir)
+        records = [i.to_dict() for i in infos]
+        images = [codec.encode(torch.from_numpy(audio[s:s + 64]))[..., : mel.x_res]
+                  for s in range(0, n, 64)]  # chunks keep peak memory small
+        return torch.cat(images), records
+    images, records = [], []
+    for start in range(0, n, 64):
         audio, p = corpus(min(64, n - start), seed + start, mel.window_seconds)
         images.append(codec.encode(torch.from_numpy(audio))[..., : mel.x_res])
-        params += [x.to_dict() for x in p]
-    return torch.cat(images), params
+        records += [x.to_dict() for x in p]
+    return torch.cat(images), records
 
 
 def train_denoiser(
@@ -95,20 +119,27 @@ def train_denoiser(
     cfg: TrainConfig,
     weights: torch.Tensor | None = None,
     progress: OnStep | None = None,
+    tags: list[dict[str, str]] | None = None,
 ) -> list[float]:
     """DDPM denoising on mel images, optionally weighted per example; EMA weights kept.
 
-    `weights` (one per image, mean ~1) turn the loss into reward-weighted denoising.
+    `weights` (one per image, mean ~1) turn the loss into reward-weighted denoising; `tags`
+    (one tag set per image) condition a tag-conditioned model, with tag dropout.
     Returns the loss curve; the pipeline's UNet ends holding the EMA weights (on the CPU).
     The loop is the shared core (model/training.py): batches drawn uniformly, warmup then
     cosine LR, a long EMA with diffusers' power warmup.
     """
     with torch.no_grad():
         latents = torch.cat([pipe.images_to_latents(c) for c in images.split(64)])
+    labels = null = None
+    if pipe.accepts_tags:
+        labels = torch.cat([pipe.tag_labels(t, 1) for t in tags or [{}] * len(images)]).cpu()
+        null = pipe.tag_labels(None, 1).cpu()
 
     def draw_batch(gen: torch.Generator) -> Batch:
         idx = torch.randint(len(latents), (cfg.batch_size,), generator=gen)
-        return latents[idx], None if weights is None else weights[idx]
+        lab = None if labels is None else drop_tags(labels[idx], null, gen)
+        return latents[idx], None if weights is None else weights[idx], lab
 
     return fit(pipe.unet, pipe.scheduler, draw_batch, cfg, on_step=progress)
 
@@ -116,22 +147,25 @@ def train_denoiser(
 @dataclass(frozen=True)
 class PretrainConfig:
     clips: int = 4096
+    corpus: str = "scores"  # model/scores.py; "synth" is the older synthesiser-only corpus
     train: TrainConfig = TrainConfig()
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def pretrain(out_dir: Path, cfg: PretrainConfig, progress: OnStep | None = None) -> dict:
+def pretrain(out_dir: Path, cfg: PretrainConfig, progress: OnStep | None = None,
+             cache_dir: Path | None = None) -> dict:
     """Train the built-in base on the synthesised corpus and save it with its recipe."""
     start = time.perf_counter()
     mel = MelConfig()
-    images, params = corpus_images(cfg.clips, cfg.train.seed, mel)
-    pipe = make_builtin_pipeline(mel, seed=cfg.train.seed)
-    losses = train_denoiser(pipe, images, cfg.train, progress=progress)
+    images, records = corpus_images(cfg.clips, cfg.train.seed, mel, cfg.corpus, cache_dir)
+    tags = [r["tags"] for r in records] if cfg.corpus == "scores" else None
+    pipe = make_builtin_pipeline(mel, seed=cfg.train.seed, tags=tags is not None)
+    losses = train_denoiser(pipe, images, cfg.train, progress=progress, tags=tags)
     report = {
         "recipe": cfg.to_dict(),
-        "corpus_clips": len(params),
+        "corpus_clips": len(records),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "seconds": round(time.perf_counter() - start, 1),
     }

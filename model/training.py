@@ -29,8 +29,9 @@ from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
-# (x0 latents on the CPU, per-example loss weights or None for a plain mean)
-Batch = tuple[torch.Tensor, torch.Tensor | None]
+# (x0 latents on the CPU, per-example loss weights or None for a plain mean, per-example tag
+# labels (n, fields) for a tag-conditioned unet or None)
+Batch = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 DrawBatch = Callable[[torch.Generator], Batch]
 # An extra loss term: (the unet being trained, the run's generator, the device) -> a scalar.
 ExtraLoss = Callable[[torch.nn.Module, torch.Generator, torch.device], torch.Tensor]
@@ -71,22 +72,35 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def drop_tags(labels: torch.Tensor, null: torch.Tensor, gen: torch.Generator,
+              p_field: float = 0.3, p_all: float = 0.1) -> torch.Tensor:
+    """Tag dropout for classifier-free guidance: each field's label becomes its "any" row
+    with probability `p_field`, a whole tag set with `p_all`; so the model also learns the
+    partly tagged and the unconditional case (what guidance subtracts)."""
+    n, f = labels.shape
+    drop = torch.rand((n, f), generator=gen) < p_field
+    drop |= torch.rand((n, 1), generator=gen) < p_all
+    return torch.where(drop, null.expand(n, f), labels)
+
+
 def denoise_errors(unet: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor,
-                   noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                   noise: torch.Tensor, t: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example mean squared error of the UNet's denoising target (not yet weighted)."""
     xt = scheduler.add_noise(x0, noise, t)
     target = denoise_target(scheduler, x0, noise, t)
     with autocast(x0.device):
-        pred = unet(xt, t).sample
+        pred = unet(xt, t, class_labels=labels).sample
     return (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
 
 
 def denoise_loss(unet: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor,
                  noise: torch.Tensor, t: torch.Tensor,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:
+                 weights: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
     """The min-SNR-weighted denoising loss of a batch: its mean, or its `weights`-weighted
     mean (reward-weighted denoising)."""
-    err = denoise_errors(unet, scheduler, x0, noise, t) * loss_weights(scheduler, t)
+    err = denoise_errors(unet, scheduler, x0, noise, t, labels) * loss_weights(scheduler, t)
     if weights is None:
         return err.mean()
     w = weights.to(err)
@@ -143,11 +157,13 @@ def fit(unet: torch.nn.Module, scheduler: DDPMScheduler, draw_batch: DrawBatch,
     n_train = scheduler.config.num_train_timesteps
     losses: list[float] = []
     for step in range(cfg.steps):
-        x0, weights = draw_batch(gen)
+        x0, weights, labels = draw_batch(gen)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, n_train, (len(x0),), generator=gen)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
-        loss = denoise_loss(model, scheduler, x0, noise, t, weights)
+        if labels is not None:
+            labels = labels.to(device)
+        loss = denoise_loss(model, scheduler, x0, noise, t, weights, labels)
         if extra_loss is not None:
             loss = loss + extra_loss(model, gen, device)
         accelerator.backward(loss)

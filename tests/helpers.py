@@ -12,8 +12,9 @@ from model.train import make_builtin_pipeline
 TINY_MEL = MelConfig(x_res=32, y_res=32, n_fft=512, hop_length=250, n_iter=4, nnls_iter=4)
 
 
-def tiny_pipeline(seed: int = 0) -> CrowdtunePipeline:
-    return make_builtin_pipeline(TINY_MEL, seed, channels=(16, 32), layers_per_block=1)
+def tiny_pipeline(seed: int = 0, tags: bool = True) -> CrowdtunePipeline:
+    return make_builtin_pipeline(TINY_MEL, seed, tags=tags, channels=(16, 32),
+                                 layers_per_block=1)
 
 
 def make_base(models_dir: Path, seed: int = 0) -> Path:

@@ -50,8 +50,9 @@ def test_same_seed_same_audio_after_save_and_load(tmp_path):
     a = pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(7)).audios[0]
     b = loaded(num_inference_steps=4, generator=torch.Generator().manual_seed(7)).audios[0]
     c = loaded(num_inference_steps=4, generator=torch.Generator().manual_seed(8)).audios[0]
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
+    # Equal up to float rounding (BLAS may sum in another order for differently placed weights)
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a - c).max() > 1e-2
     assert len(a) == TINY_MEL.window_samples
 
 
@@ -71,12 +72,47 @@ def _chirps(n: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny pipeline trained briefly on a few chirps, and its loss curve."""
+    """A tiny pipeline trained briefly on a few chirps, the low ones tagged major and the high
+    ones minor, and its loss curve."""
     pipe = tiny_pipeline()
-    images = pipe.mel.encode_windows(torch.from_numpy(_chirps(4).reshape(-1)).float())
-    losses = train_denoiser(pipe, images, TrainConfig(steps=200, batch_size=8, lr=2e-3,
-                                                      warmup=5))
+    wins = [pipe.mel.encode_windows(torch.from_numpy(c).float()) for c in _chirps(4)]
+    tags = [{"mode": "major" if i < 2 else "minor"} for i, w in enumerate(wins) for _ in w]
+    losses = train_denoiser(pipe, torch.cat(wins), TrainConfig(steps=200, batch_size=8,
+                                                               lr=2e-3, warmup=5), tags=tags)
     return pipe, losses
+
+
+def _mel_centroid(images: np.ndarray) -> float:
+    """Mean mel bin weighted by level (images in [-1, 1], bins along axis -2)."""
+    level = (images + 1).mean(axis=-1)
+    bins = np.arange(level.shape[-1])
+    return float((level * bins).sum() / level.sum())
+
+
+def test_asked_tags_steer_generation(trained):
+    pipe, _ = trained
+    gen = torch.Generator
+    low = pipe(batch_size=4, num_inference_steps=10, generator=gen().manual_seed(1),
+               tags={"mode": "major"})
+    high = pipe(batch_size=4, num_inference_steps=10, generator=gen().manual_seed(1),
+                tags=[{"mode": "minor"}] * 4)
+    # Measured: mel centroid 13.1 vs 15.4 (the training data's: 8.1 vs 13.8).
+    assert _mel_centroid(np.stack(low.mels)) + 1 < _mel_centroid(np.stack(high.mels))
+    # A field the model was not trained with values for is ignored, not an error.
+    pipe(num_inference_steps=2, tags={"instrument": "theremin"})
+
+
+def test_tag_vocabulary_survives_save_and_load(tmp_path):
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "p")
+    loaded = CrowdtunePipeline.from_pretrained(tmp_path / "p")
+    assert loaded.accepts_tags and loaded.tag_vocab == pipe.tag_vocab
+    plain = tiny_pipeline(tags=False)
+    plain.save_pretrained(tmp_path / "q")
+    loaded = CrowdtunePipeline.from_pretrained(tmp_path / "q")
+    assert not loaded.accepts_tags
+    assert loaded.tag_labels({"mode": "minor"}, 2) is None
+    loaded(num_inference_steps=2, tags={"mode": "minor"})  # a model without tags ignores them
 
 
 def test_training_lowers_the_loss_and_keeps_ema_weights(trained):

@@ -39,7 +39,7 @@ def _latents(pipe: CrowdtunePipeline, n: int = 6) -> torch.Tensor:
 
 def _uniform(latents: torch.Tensor, batch: int = 4):
     def draw(gen: torch.Generator):
-        return latents[torch.randint(len(latents), (batch,), generator=gen)], None
+        return latents[torch.randint(len(latents), (batch,), generator=gen)], None, None
     return draw
 
 
@@ -58,7 +58,7 @@ def _held_out_loss(pipe: CrowdtunePipeline, latents: torch.Tensor) -> float:
 
 
 def test_fit_lowers_the_loss_and_leaves_ema_weights_on_the_cpu():
-    pipe = tiny_pipeline()
+    pipe = tiny_pipeline(tags=False)
     latents = _latents(pipe)
     before = _held_out_loss(pipe, latents)
     raw: list[torch.Tensor] = []
@@ -85,7 +85,7 @@ def test_finetune_ema_follows_the_short_schedule():
         s = step - 1
         assert ema.get_decay(step) == pytest.approx(min(0.95, (1 + s) / (10 + s)))
 
-    pipe = tiny_pipeline()
+    pipe = tiny_pipeline(tags=False)
     latents = _latents(pipe)
     snapshots: list[list[torch.Tensor]] = []
     fit(pipe.unet, pipe.scheduler, _uniform(latents), cfg,
@@ -101,7 +101,7 @@ def test_finetune_ema_follows_the_short_schedule():
 def test_fit_is_seeded_and_adds_the_extra_loss_term():
     runs = []
     for extra in (None, lambda _unet, _gen, device: torch.tensor(0.5, device=device)):
-        pipe = tiny_pipeline()
+        pipe = tiny_pipeline(tags=False)
         runs.append(fit(pipe.unet, pipe.scheduler, _uniform(_latents(pipe)),
                         FitConfig(steps=3, lr=1e-3, seed=3), extra_loss=extra))
     # Same seed, same draws; a constant term changes the loss, not the gradient.
