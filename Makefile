@@ -9,6 +9,10 @@ TORCH_VERSION := 2.13.0
 $(BIN)/crowdtune: pyproject.toml
 	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null)
+	@# fluidsynth + the FluidR3 GM SoundFont render the starter corpus (model/scores.py).
+	@command -v fluidsynth >/dev/null && test -f /usr/share/sounds/sf2/FluidR3_GM.sf2 || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+			fluidsynth fluid-soundfont-gm >/dev/null)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# The CPU build of torch first where there is no GPU: a bare `torch` pulls CUDA (GBs).
