@@ -27,7 +27,7 @@ from bot.core.config import BotSettings, load_settings
 from bot.core.services import Services
 from bot.experiment.community import Community, listen_seconds, make_upload
 from model.codec import MelConfig
-from model.corpus_pool import load_pool
+from model.corpus_pool import load_pool, pool_corpus
 from model.features import extract
 from model.finetune import load_audio
 from model.registry import ModelRegistry
@@ -48,7 +48,7 @@ async def main() -> None:
     shutil.copytree(a.base, registry.base_dir)
     t0 = time.perf_counter()
     load_pool(settings.finetune_replay_clips, mel=MelConfig.load(registry.base_dir / "mel"),
-              cache_dir=settings.cache_dir)
+              cache_dir=settings.cache_dir, corpus=pool_corpus(registry.base_dir))
     pool_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     community = Community(seed=0)

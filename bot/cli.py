@@ -19,6 +19,7 @@ from rich.table import Table
 from bot.core.config import BotSettings, Settings, load_settings
 from bot.core.errors import UserFacingError
 from bot.core.ids import is_valid_id
+from model import tags as tagvocab
 from model.files import atomic_dir
 from model.registry import CheckpointError, ModelRegistry, RegistryError
 
@@ -47,6 +48,13 @@ def member_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"invalid member {value!r}: use a Discord user id or letters, digits, - and _")
     return value
+
+
+def tags_arg(value: str) -> tagvocab.Tags:
+    try:
+        return tagvocab.parse(value)
+    except tagvocab.TagError as exc:  # one line naming the valid fields or values
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def positive_int(limit: int):
@@ -85,7 +93,14 @@ def build_parser() -> Parser:
     gen.add_argument("--seed", type=int, help="first seed (track i uses seed + i)")
     gen.add_argument("--seconds", type=float, help="track length (default 20)")
     gen.add_argument("--wav", action="store_true", help="also write WAV files")
+    gen.add_argument("--tags", type=tags_arg, metavar="K=V,...",
+                     help="ask every track for these tags, e.g. mode=minor,instrument=piano "
+                     "(see `crowdtune tags`; default: the guild's usual mix)")
     gen.add_argument("--json", action="store_true", help="one JSON line per track")
+
+    tags = sub.add_parser("tags", help="the tag vocabulary generate --tags accepts")
+    tags.add_argument("--json", action="store_true",
+                      help="one JSON object {field: [values]}")
 
     up = sub.add_parser("upload", help="ingest songs exactly as the bot ingests attachments",
                         description="Check, convert and record songs as a member's uploads. "
@@ -184,6 +199,7 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
     if registry.has_base() and not args.force:
         console.print(f"base model already at {registry.base_dir} (use --force to retrain)")
         _ensure_pool(settings, registry.base_dir)
+        _ensure_tagger(settings, retrain=False)
         return 0
     # Atomic: a crash leaves no half-written base (and the old one, if any, in place).
     with atomic_dir(registry.base_dir) as tmp:
@@ -205,25 +221,43 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
             with progress_bar() as bar:
                 task = bar.add_task("pretraining", total=cfg.train.steps, info="")
                 report = pretrain(tmp, cfg, progress=lambda s, _t, loss: bar.update(
-                    task, completed=s, info=f"loss {loss:.3f}"))
+                    task, completed=s, info=f"loss {loss:.3f}"), cache_dir=settings.cache_dir)
             console.print(f"pretrained in {report['seconds']} s, final loss "
                           f"{report['final_loss']:.4f}")
     console.print(f"base model saved to {registry.base_dir}")
     _ensure_pool(settings, registry.base_dir)
+    _ensure_tagger(settings, retrain=args.train, clips=args.clips)
     return 0
+
+
+def _ensure_tagger(settings: Settings, retrain: bool, clips: int | None = None) -> None:
+    """The tagger (what a clip sounds like: instrument, mode, tempo, drums, style) beside the
+    base: the shipped one, or with --train trained on the starter corpus."""
+    from model.tagger import install_shipped_tagger, train_on_corpus
+
+    out = settings.models_dir / "tagger"
+    if retrain:
+        with console.status("training the tagger on the starter corpus"):
+            tagger, report = train_on_corpus(clips or settings.pretrain_clips,
+                                             settings.pretrain_seed, settings.cache_dir)
+            tagger.save(out)
+        console.print(report.table())
+    elif not (out / "tagger_config.json").is_file():
+        install_shipped_tagger(out)
+    console.print(f"tagger at {out}")
 
 
 def _ensure_pool(settings: Settings, base_dir: Path) -> None:
     """Build (once) the corpus pool that fine-tuning rehearses, so no round waits for it."""
     from model.codec import MelConfig
-    from model.corpus_pool import load_pool
+    from model.corpus_pool import load_pool, pool_corpus
 
     if (base_dir / "vqvae").is_dir() or settings.finetune_replay_clips == 0:
         return  # latent models fine-tune without corpus replay
     with console.status(f"preparing the fine-tuning corpus pool "
                         f"({settings.finetune_replay_clips} clips, once)"):
         load_pool(settings.finetune_replay_clips, mel=MelConfig.load(base_dir / "mel"),
-                  cache_dir=settings.cache_dir)
+                  cache_dir=settings.cache_dir, corpus=pool_corpus(base_dir))
 
 
 async def _generate(settings: BotSettings, args: argparse.Namespace) -> int:
@@ -243,14 +277,25 @@ async def _generate(settings: BotSettings, args: argparse.Namespace) -> int:
             for i in range(args.n):
                 seed = None if args.seed is None else args.seed + i
                 (track,) = await tracks.generate(args.guild, 1, args.out, seed=seed,
-                                                 seconds=args.seconds)
+                                                 seconds=args.seconds, tags=args.tags)
                 bar.update(task, completed=i + 1, info=f"#{track.track_id}")
                 if args.json:
                     print(json.dumps(track.to_dict()), flush=True)
                 else:
+                    made_with = tagvocab.format_tags(track.tags) or "none"
                     bar.console.print(f"track {track.track_id}: {track.path} "
                                       f"({track.duration_s:.1f} s, model "
-                                      f"{track.model_version}, seed {track.seed})")
+                                      f"{track.model_version}, seed {track.seed}, "
+                                      f"tags {made_with})")
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps({field: list(values) for field, values in tagvocab.VOCAB.items()}))
+    else:
+        for field, values in tagvocab.VOCAB.items():
+            print(f"{field}: {', '.join(values)}")
     return 0
 
 
@@ -413,6 +458,8 @@ def cmd_run(settings: BotSettings, args: argparse.Namespace) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "tags":  # the vocabulary needs no settings, data or model
+        return cmd_tags(args)
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # its notices are not for our users
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

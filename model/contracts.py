@@ -82,6 +82,7 @@ class TrainItem:
     weight: float
     kind: ItemKind = ItemKind.TRACK
     mel: str | None = None  # the generated mel windows (.npy), for tracks that kept them
+    tags: dict[str, str] | None = None  # what a track was made with (model/tags.py); None: none
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,13 @@ class CorpusPool:
     tags: list[dict[str, str]]  # each clip's tags ({} for the synthesiser-only corpus)
 
 
+def pool_corpus(model_dir: Path) -> str:
+    """The corpus a model rehearses: the tagged starter corpus for a tag-conditioned
+    (built-in) model, the synthesiser's for the older untagged base and imported models."""
+    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    return "scores" if index.get("tags") else "synth"
+
+
 def _build(n: int, seed: int, mel: MelConfig, corpus: str, cache_dir: Path | None
            ) -> CorpusPool:
     images, records = corpus_images(n, seed, mel, corpus, cache_dir)

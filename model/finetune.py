@@ -66,7 +66,7 @@ from model.contracts import (
     TrainItem,
     TrainResult,
 )
-from model.corpus_pool import CorpusPool, load_pool
+from model.corpus_pool import CorpusPool, load_pool, pool_corpus
 from model.files import atomic_dir
 from model.pipeline import CrowdtunePipeline
 from model.reward_model import RewardModel, window_vectors
@@ -114,7 +114,7 @@ def item_images(pipe: CrowdtunePipeline, items: list[TrainItem], per_item: int
         images.append(wins)
         weights += [float(it.weight) / len(wins)] * len(wins)
         kinds += [it.kind] * len(wins)
-        tags += [dict(getattr(it, "tags", None) or {})] * len(wins)
+        tags += [dict(it.tags or {})] * len(wins)
     if not images:
         shape = (0, 1, pipe.mel.config.y_res, pipe.mel.config.x_res)
         return torch.zeros(shape), torch.zeros(0, dtype=torch.float64), [], {}, []
@@ -226,10 +226,9 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     with torch.no_grad():
         latents = pipe.images_to_latents(images)
         if spec.replay_clips > 0 and pipe.vqvae is None:
-            # A tag-conditioned (built-in) model rehearses the corpus it was trained on.
             pool = load_pool(spec.replay_clips, spec.replay_seed, pipe.mel.config,
                              Path(spec.pool_cache) if spec.pool_cache else None,
-                             corpus="scores" if pipe.accepts_tags else "synth")
+                             pool_corpus(Path(spec.parent_dir)))
             replay = pipe.images_to_latents(pool.images)
             replay_p, guide = replay_probs(pool, spec.rated, spec, pipe.mel.config.sample_rate)
             tags += pool.tags

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -369,37 +370,44 @@ def adherence(asked: Sequence[Mapping[str, str]], heard: Sequence[Mapping[str, s
             {f: confusion[f].tolist() for f in order})
 
 
-# --- command line ----------------------------------------------------------------------------
+# --- the shipped tagger ---------------------------------------------------------------------
+# What `python -m model.tagger --out DIR` (and `crowdtune pretrain --train`) makes with the
+# defaults; `crowdtune pretrain` installs it beside the base.
+SHIPPED_TAGGER = Path(__file__).parent / "pretrained_tagger"
 
-def _load_tags(data: np.lib.npyio.NpzFile, path: Path) -> list[dict[str, str]]:
-    try:
-        raw = data["tags"]
-    except ValueError:  # an object array needs pickle; it is the caller's own file
-        raw = np.load(path, allow_pickle=True)["tags"]
-    # One JSON string for all clips, one JSON string per clip, or one dict per clip.
-    items = raw.item() if raw.ndim == 0 else raw.tolist()
-    if isinstance(items, str | bytes):
-        items = json.loads(items)
-    return [dict(json.loads(t) if isinstance(t, str | bytes) else t) for t in items]
+
+def install_shipped_tagger(out_dir: Path, shipped: Path = SHIPPED_TAGGER) -> None:
+    with atomic_dir(out_dir) as tmp:
+        for f in shipped.iterdir():
+            shutil.copy(f, tmp / f.name)
+
+
+def train_on_corpus(clips: int, seed: int = 0, cache_dir: Path | None = None,
+                    cfg: TaggerConfig = TaggerConfig(), progress: OnStep | None = None
+                    ) -> tuple[Tagger, TaggerReport]:
+    """Train on `clips` starter-corpus clips (model/scores.py) as the codec encodes them; the
+    held-out split keeps each tune's clips on one side."""
+    from model.codec import MelConfig
+    from model.train import corpus_images
+
+    images, records = corpus_images(clips, seed, MelConfig(), "scores", cache_dir)
+    return train_tagger(images, [r["tags"] for r in records], cfg, progress,
+                        groups=[r["source"] for r in records])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m model.tagger --out DIR`: train the tagger on the starter corpus."""
     ap = argparse.ArgumentParser(prog="python -m model.tagger",
-                                 description="Train the tagger on labelled mel images.")
-    ap.add_argument("--data", type=Path, required=True,
-                    help="npz with images (n,1,128,W), tags (JSON), optional groups (n,)")
+                                 description="Train the tagger on the starter corpus.")
     ap.add_argument("--out", type=Path, required=True, help="folder for the trained tagger")
-    ap.add_argument("--epochs", type=int, default=TaggerConfig.epochs)
-    ap.add_argument("--seed", type=int, default=TaggerConfig.seed)
+    ap.add_argument("--clips", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache-dir", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with np.load(args.data) as data:
-        images = torch.from_numpy(np.asarray(data["images"]))
-        tags = _load_tags(data, args.data)
-        groups = data["groups"].tolist() if "groups" in data.files else None
-    cfg = TaggerConfig(epochs=args.epochs, seed=args.seed)
-    model, report = train_tagger(images, tags, cfg, groups=groups)
+    model, report = train_on_corpus(args.clips, args.seed, args.cache_dir)
     model.save(args.out)
+    (args.out / "report.json").write_text(json.dumps(asdict(report), indent=1))
     print(report.table())
     print(f"saved to {args.out} ({n_params(model):,} parameters)")
 

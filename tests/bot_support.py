@@ -19,7 +19,7 @@ from bot.adapter.radio import After
 from bot.core.config import BotSettings
 from bot.core.services import Services
 from bot.core.store import ListenTotal
-from bot.core.worker import GenerationJob, GenerationWorker, run_job
+from bot.core.worker import GenerationJob, GenerationResult, GenerationWorker, run_job
 from tests.fakediscord import (
     FAST_GUILD_READY_TIMEOUT,
     FakeDiscord,
@@ -51,7 +51,7 @@ class InlineWorker(GenerationWorker):
     """Generation in a thread of the test process: off the event loop like the real worker,
     without a spawned process's start-up (seconds) in every test."""
 
-    async def run(self, job: GenerationJob) -> tuple[list[Any], int]:
+    async def run(self, job: GenerationJob) -> GenerationResult:
         return await asyncio.to_thread(run_job, job)
 
 

@@ -8,9 +8,14 @@ import pytest
 
 from bot.adapter.client import ShardedCrowdtuneBot, UserFacingError, make_intents, run_bot
 from bot.cli import main
+from bot.core.prompt import describe
+from model.tags import VOCAB
+from model.train import make_builtin_pipeline
 from tests.bot_support import STARS, bot_env, content, ephemeral, generated, tiny_settings
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.patching import redirect_discord
+from tests.fakediscord.payloads import option
+from tests.helpers import TINY_MEL
 
 
 async def test_bot_logs_in_with_its_intents_and_syncs_commands(fake_discord: FakeDiscord,
@@ -41,8 +46,9 @@ async def test_generate_posts_a_track_with_embed_attachment_and_vote_reactions(
         fields = {f["name"]: f["value"] for f in embed["fields"]}
         track_id = int(re.fullmatch(r"Track #(\d+)", embed["title"]).group(1))
         assert fields == {"Model": "v0001", "Origin": "current model",
-                          "Duration": fields["Duration"]}
+                          "Duration": fields["Duration"], "Tags": fields["Tags"]}
         assert re.fullmatch(r"1\.0 s", fields["Duration"])
+        assert "content" not in follow.body or not follow.body["content"]  # nothing asked
         [audio] = follow.files
         assert audio.filename == f"crowdtune-{track_id}.ogg" and audio.data[:4] == b"OggS"
 
@@ -57,6 +63,64 @@ async def test_generate_posts_a_track_with_embed_attachment_and_vote_reactions(
         assert track is not None and track.message_id == str(message_id)
         assert track.channel_id == str(emu.ids.text_channel)
         assert track.model_version == "v0001" and track.origin == "generated"
+        # Nothing asked: the default policy, a value for every field, shown on the embed.
+        assert track.tags is not None and set(track.tags) == set(VOCAB)
+        assert fields["Tags"] == describe(track.tags)
+
+
+async def test_generate_options_and_prompt_ask_for_tags(fake_discord: FakeDiscord,
+                                                        tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path) as env:
+        [command] = [c for c in emu.calls("PUT", r"/applications/\d+/guilds/\d+/commands")[0]
+                     .json if c["name"] == "generate"]
+        options = {o["name"]: o for o in command["options"]}
+        assert list(options) == ["mood", "instrument", "tempo", "style", "drums", "prompt"]
+        assert not any(o.get("required") for o in options.values())
+        assert [c["value"] for c in options["instrument"]["choices"]] == list(
+            VOCAB["instrument"])
+        assert [(c["name"], c["value"]) for c in options["mood"]["choices"]] == [
+            ("happy (major key)", "happy"), ("sad (minor key)", "sad")]
+
+        payload = await env.command("generate", [
+            option("prompt", "sad slow piano on a spaceship"), option("instrument", "organ")],
+            user_id=emu.ids.bob)
+        follow = await env.reply(payload, count=2, timeout=30)
+        # The option wins over the prompt's word; the rest is echoed, and what was not used.
+        assert content(follow) == ("Understood: minor, slow, organ; ignored: 'spaceship', "
+                                   "'piano'")
+        [embed] = follow.body["embeds"]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert fields["Tags"] == "minor, slow, organ"
+        track_id = int(re.fullmatch(r"Track #(\d+)", embed["title"]).group(1))
+        track = await env.services.store.get_track(track_id)
+        assert track.tags == {"instrument": "organ", "mode": "minor", "tempo": "slow"}
+
+        payload = await env.command("generate", [option("mood", "happy"),
+                                                 option("drums", "no")], user_id=emu.ids.bob)
+        message_id = await generated(env, payload)
+        assert content(await env.reply(payload, count=2)) == "Understood: major, no drums"
+        track = await env.services.store.track_by_message(str(message_id))
+        assert track.tags == {"mode": "major", "drums": "no"}
+
+
+async def test_generate_with_a_model_that_takes_no_tags_says_so(fake_discord: FakeDiscord,
+                                                                tmp_path) -> None:
+    emu = fake_discord
+    settings = tiny_settings(tmp_path, emu)
+    make_builtin_pipeline(TINY_MEL, 0, tags=False, channels=(16, 32),
+                          layers_per_block=1).save_pretrained(settings.models_dir / "base")
+    async with bot_env(emu, tmp_path) as env:
+        payload = await env.command("generate", [option("prompt", "fast")],
+                                    user_id=emu.ids.bob)
+        message_id = await generated(env, payload)
+        follow = await env.reply(payload, count=2)
+        assert content(follow) == ("Understood: fast (this server's model does not take tags, "
+                                   "so they were not used)")
+        [embed] = follow.body["embeds"]
+        assert "Tags" not in {f["name"] for f in embed["fields"]}
+        track = await env.services.store.track_by_message(str(message_id))
+        assert track.tags is None
 
 
 async def test_generate_is_rate_limited_per_member(fake_discord: FakeDiscord, tmp_path) -> None:
@@ -105,8 +169,14 @@ async def test_scheduled_post_goes_to_the_music_channel_in_the_mix(fake_discord:
             assert message is not None and message.channel.id == emu.ids.text_channel
             track = await env.services.store.track_by_message(str(message.id))
             origins.append(track.origin)
-            [audio] = emu.calls("POST", rf"/channels/{emu.ids.text_channel}/messages")[-1].files
+            post = emu.calls("POST", rf"/channels/{emu.ids.text_channel}/messages")[-1]
+            [audio] = post.files
             assert audio.filename == f"crowdtune-{track.id}.ogg"
+            # Made with the default policy, whose tags the embed shows.
+            [embed] = post.body["embeds"]
+            assert track.tags is not None and set(track.tags) == set(VOCAB)
+            assert {f["name"]: f["value"] for f in embed["fields"]}["Tags"] == describe(
+                track.tags)
         # A quarter of the posts come from the baseline model (measured against).
         assert sorted(origins) == ["baseline", "generated", "generated", "generated"]
         await emu.wait_for_call("PUT", r"/channels/\d+/messages/\d+/reactions/5️⃣/@me", count=4)

@@ -1,10 +1,13 @@
 import json
+import random
 import sqlite3
 import subprocess
+import sys
 
 import pytest
 
 from bot.cli import main
+from model.tags import uniform
 from tests.helpers import make_base
 
 
@@ -37,7 +40,9 @@ def test_generate_records_and_writes_decodable_tracks(capsys, data_dir, tmp_path
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["seed"] for r in rows] == [5, 6]
     assert {r["model_version"] for r in rows} == {"v0001"}
-    assert set(rows[0]) >= {"track_id", "path", "model_version", "duration_s", "seed"}
+    assert set(rows[0]) >= {"track_id", "path", "model_version", "duration_s", "seed", "tags"}
+    # No --tags: the guild's default policy, one value per field drawn from the seed.
+    assert [r["tags"] for r in rows] == [uniform(random.Random(s)) for s in (5, 6)]
     for r in rows:
         assert r["path"].endswith(".ogg")
         assert abs(probe_seconds(r["path"]) - 2.0) < 0.05
@@ -65,12 +70,60 @@ def test_generate_records_and_writes_decodable_tracks(capsys, data_dir, tmp_path
     (["model", "list", "--guild", "nobody"], "no model versions yet"),
     (["model", "rollback", "--guild", "nobody"], "has no model yet"),
     (["frobnicate"], "invalid choice"),
+    (["generate", "--guild", "g", "--out", "o", "--tags", "mode=happy"],
+     "argument --tags: unknown mode 'happy'; valid: major, minor"),
+    (["generate", "--guild", "g", "--out", "o", "--tags", "mood=sad"],
+     "unknown tag field 'mood'; valid fields: instrument, mode, tempo, drums, style"),
+    (["generate", "--guild", "g", "--out", "o", "--tags", "piano"], "is not field=value"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, data_dir, args, message):
     code, out, err = crowdtune(capsys, *args)
     assert code == 2
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_tags_prints_the_vocabulary(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = crowdtune(capsys, "tags", "--json")
+    assert code == 0
+    vocab = json.loads(out)
+    assert list(vocab) == ["instrument", "mode", "tempo", "drums", "style"]
+    assert vocab["mode"] == ["major", "minor"] and "piano" in vocab["instrument"]
+    code, out, _ = crowdtune(capsys, "tags")
+    assert code == 0
+    assert out.splitlines()[1] == "mode: major, minor" and len(out.splitlines()) == len(vocab)
+    assert not (tmp_path / "data").exists()  # no settings, database or model needed
+
+
+def test_bad_tags_fail_before_anything_loads(tmp_path):
+    """Validated by argparse: no settings, no database, no model stack (torch) loaded."""
+    code = ("import sys\nfrom bot.cli import main\ntry:\n"
+            "    main(['--data-dir', 'd', 'generate', '--guild', 'g', '--out', 'o', '--tags', "
+            "'instrument=kazoo'])\nexcept SystemExit as e:\n"
+            "    print(e.code, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True)
+    assert res.stdout.split() == ["2", "False"]
+    assert res.stderr == ("crowdtune: error: crowdtune generate: argument --tags: unknown "
+                          "instrument 'kazoo'; valid: piano, strings, guitar, woodwind, "
+                          "brass, organ, mallets, synth\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_generate_with_tags_records_them(capsys, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDTUNE_SAMPLER_STEPS", "2")
+    code, out, err = crowdtune(capsys, "generate", "--guild", "g", "-n", "2", "--out",
+                               str(tmp_path / "out"), "--json", "--seed", "3", "--seconds",
+                               "1", "--tags", "Mode=minor, instrument=piano")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    asked = {"instrument": "piano", "mode": "minor"}  # the tiny base takes tags
+    assert [r["tags"] for r in rows] == [asked, asked]
+    db = sqlite3.connect(data_dir / "crowdtune.sqlite3")
+    stored = db.execute("SELECT tags FROM tracks ORDER BY id").fetchall()
+    assert [json.loads(t) for (t,) in stored] == [asked, asked]
 
 
 def test_missing_base_and_bad_settings(capsys, tmp_path, monkeypatch):

@@ -35,7 +35,8 @@ METRICS = EvalMetrics(clips=4, diversity_ratio=0.9, flatness_champion=0.1,
 def test_finetune_spec_saves_and_loads_the_same_nested_rows(tmp_path):
     spec = FinetuneSpec(
         parent_dir="/m/v1", out_dir="/w/cand",
-        items=[TrainItem("track:1", "/t/1.ogg", 1.5, ItemKind.TRACK, mel="/t/1.npy"),
+        items=[TrainItem("track:1", "/t/1.ogg", 1.5, ItemKind.TRACK, mel="/t/1.npy",
+                         tags={"instrument": "piano", "mode": "minor"}),
                TrainItem("upload:2", "/u/2.mp3", 2.0, ItemKind.UPLOAD)],
         pairs=[PreferencePair("track:1", "track:3")],
         rated=[RatedFile("/t/1.ogg", 0.7), RatedFile("/u/2.mp3", 2.0)],
@@ -45,6 +46,8 @@ def test_finetune_spec_saves_and_loads_the_same_nested_rows(tmp_path):
     assert loaded == spec
     assert type(loaded.items[1].kind) is ItemKind and loaded.items[1].kind == ItemKind.UPLOAD
     assert isinstance(loaded.pairs[0], PreferencePair) and loaded.items[1].mel is None
+    assert loaded.items[0].tags == {"instrument": "piano", "mode": "minor"}
+    assert loaded.items[1].tags is None  # an upload: made with no tags
     assert json.loads((tmp_path / "spec.json").read_text())["items"][0]["kind"] == "track"
 
 

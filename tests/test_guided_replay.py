@@ -73,7 +73,7 @@ def test_draw_probs_gives_each_group_its_share():
 
 def test_pool_is_cached_and_a_torn_cache_is_rebuilt(tmp_path):
     pool = load_pool(8, 3, TINY_MEL, tmp_path)
-    (cached,) = tmp_path.glob("pool-8-3-*.npz")
+    (cached,) = tmp_path.glob("pool-scores-8-3-*.npz")
     again = load_pool(8, 3, TINY_MEL, tmp_path)
     assert torch.allclose(again.images, pool.images, atol=1e-2)  # stored as float16
     assert np.allclose(again.vectors, pool.vectors)

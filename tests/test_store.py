@@ -31,10 +31,10 @@ def tables(path: Path) -> set[str]:
 async def test_migrates_an_empty_database_and_reopens_idempotently(tmp_path):
     path = tmp_path / "db.sqlite3"
     async with await Store.open(path) as s:
-        assert await s.schema_version() == len(MIGRATIONS) == 2
+        assert await s.schema_version() == len(MIGRATIONS) == 3
     assert {"votes", "listens", "uploads", "rounds", "tracks"} <= tables(path)
     async with await Store.open(path) as s:  # nothing left to run
-        assert await s.schema_version() == 2
+        assert await s.schema_version() == 3
 
 
 async def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
@@ -47,11 +47,32 @@ async def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
                    "created_at) VALUES ('g', 'v0001', 'generated', 20, 7, 1)")
     assert "votes" not in tables(path)
     async with await Store.open(path) as s:
-        assert await s.schema_version() == 2
+        assert await s.schema_version() == len(MIGRATIONS)
         track = await s.get_track(1)
-        assert track is not None and track.seed == 7
+        assert track is not None and track.seed == 7 and track.tags is None
         assert await s.upsert_vote(1, "alice", 4)
         assert [v.stars for v in await s.votes(1)] == [4]
+
+
+async def test_tracks_keep_the_tags_they_were_made_with(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    with sqlite3.connect(path) as db:  # a version-2 database with a track
+        db.executescript("\n".join(MIGRATIONS[:2]) + "\nPRAGMA user_version = 2;")
+        db.execute("INSERT INTO guilds (id, created_at) VALUES ('g', 1)")
+        db.execute("INSERT INTO model_versions VALUES ('g', 'v0001', NULL, 'x', 'base', 1)")
+        db.execute("INSERT INTO tracks (guild_id, model_version, origin, duration_s, seed, "
+                   "created_at) VALUES ('g', 'v0001', 'generated', 20, 7, 1)")
+    async with await Store.open(path) as s:
+        asked = {"instrument": "piano", "mode": "minor"}
+        tagged = await s.add_track("g", "v0001", "generated", 20.0, seed=8, tags=asked)
+        bare = await s.add_track("g", "v0001", "baseline", 20.0, seed=9, tags={})
+        assert [(t.id, t.tags) for t in await s.tracks("g")] == [
+            (bare, None), (tagged, asked), (1, None)]  # {}: made unconditioned, stored NULL
+        [feedback] = [f for f in await s.track_feedback("g") if f.track.id == tagged]
+        assert feedback.track.tags == asked
+    with sqlite3.connect(path) as db:  # a JSON object in the column
+        assert db.execute("SELECT tags FROM tracks WHERE id = ?", (tagged,)).fetchone() == (
+            '{"instrument": "piano", "mode": "minor"}',)
 
 
 async def test_vote_upsert_replace_remove_and_replay(store):

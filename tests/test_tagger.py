@@ -1,4 +1,3 @@
-import json
 import math
 
 import numpy as np
@@ -14,7 +13,6 @@ from model.tagger import (
     adherence,
     confusion_text,
     embed,
-    main,
     predict,
     probabilities,
     train_tagger,
@@ -122,15 +120,3 @@ def test_split_keeps_groups_together():
     assert len(held) == 8 and sorted(train + held) == list(range(40))
     assert not {groups[i] for i in train} & {groups[i] for i in held}
     assert (train, held) == _split(40, 0.2, 0, groups)
-
-
-@pytest.mark.parametrize("as_objects", [False, True])
-def test_main_trains_from_an_npz(clips, tmp_path, capsys, as_objects):
-    images, tags = clips
-    data = tmp_path / "clips.npz"
-    stored = (np.array(tags[:40], dtype=object) if as_objects
-              else np.array([json.dumps(t) for t in tags[:40]]))
-    np.savez(data, images=images[:40].numpy().astype(np.float16), tags=stored)
-    main(["--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1"])
-    assert "held-out" in capsys.readouterr().out
-    assert len(predict(Tagger.load(tmp_path / "out"), images[:2])) == 2

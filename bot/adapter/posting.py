@@ -12,6 +12,7 @@ from pathlib import Path
 import discord
 
 from bot.core.domain import Origin
+from bot.core.prompt import describe
 from bot.core.ratings import STAR_EMOJIS
 from bot.core.rounds import RoundSummary
 from bot.core.tracks import GeneratedTrack
@@ -31,6 +32,8 @@ def track_embed(track: GeneratedTrack, requested_by: discord.abc.User | None = N
     embed.add_field(name="Model", value=track.model_version)
     embed.add_field(name="Origin", value=ORIGIN_LABELS.get(track.origin, track.origin))
     embed.add_field(name="Duration", value=f"{track.duration_s:.1f} s")
+    if track.tags:  # what it was made with (none: a model that takes no tags)
+        embed.add_field(name="Tags", value=describe(track.tags))
     embed.set_footer(text=f"track {track.track_id} · seed {track.seed}")
     if requested_by is not None:
         embed.set_author(name=f"made for {requested_by.display_name}")

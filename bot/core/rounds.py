@@ -214,12 +214,15 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     keep = rated[: max(1, round(len(rated) * settings.round_top_fraction))]
     weights = reward_weights([r.reward for r in keep], rewards_cfg)
     guild = feedback[0].track.guild_id if feedback else ""
+    made_with = {f.track.id: f.track.tags for f in feedback}
     items = []
     for r, w in zip(keep, weights, strict=True):
         mel = mel_file(settings, guild, r.track_id)
+        tags = made_with.get(r.track_id)
         items.append(TrainItem(key=f"track:{r.track_id}", path=files[r.track_id],
                                weight=float(w), kind=ItemKind.TRACK,
-                               mel=str(mel) if mel.is_file() else None))
+                               mel=str(mel) if mel.is_file() else None,
+                               tags=dict(tags) if tags else None))
     items += [TrainItem(key=f"upload:{u.id}", path=u.file, weight=rewards_cfg.upload_reward,
                         kind=ItemKind.UPLOAD) for u in uploads]
     pairs = [PreferencePair(f"track:{p.preferred}", f"track:{p.rejected}")

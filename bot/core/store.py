@@ -108,6 +108,11 @@ MIGRATIONS: list[str] = [
     -- At most one running round per guild, even with two schedulers racing.
     CREATE UNIQUE INDEX rounds_one_running ON rounds(guild_id) WHERE status = 'running';
     """,
+    # 3: the tags a track was made with, a JSON object {field: value} (model/tags.py); NULL
+    # when it was made unconditioned (no tags asked, or a model that takes none).
+    """
+    ALTER TABLE tracks ADD COLUMN tags TEXT;
+    """,
 ]
 
 
@@ -127,6 +132,7 @@ class Track:
     created_at: float
     channel_id: str | None = None
     message_id: str | None = None
+    tags: Mapping[str, str] | None = None  # what it was made with; None: unconditioned
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,11 @@ class TrackFeedback:
     track: Track
     votes: tuple[VoteRow, ...]
     listens: tuple[ListenTotal, ...]
+
+
+def _track(row: aiosqlite.Row) -> Track:
+    d = dict(row)
+    return Track(**{**d, "tags": json.loads(d["tags"]) if d["tags"] else None})
 
 
 def _round(row: aiosqlite.Row) -> RoundRow:
@@ -317,14 +328,16 @@ class Store:
 
     async def add_track(
         self, guild_id: str, model_version: str, origin: str, duration_s: float, seed: int,
-        file: str | None = None,
+        file: str | None = None, tags: Mapping[str, str] | None = None,
     ) -> int:
+        """A new track; `tags` are what it was made with (empty or None: unconditioned)."""
         if origin not in ORIGINS:
             raise ValueError(f"unknown track origin {origin!r}")
         cur = await self.db.execute(
             "INSERT INTO tracks (guild_id, model_version, origin, file, duration_s, seed, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (str(guild_id), model_version, origin, file, duration_s, seed, self.now()),
+            "created_at, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(guild_id), model_version, origin, file, duration_s, seed, self.now(),
+             json.dumps(dict(tags)) if tags else None),
         )
         await self._commit()
         assert cur.lastrowid is not None
@@ -341,14 +354,14 @@ class Store:
     async def get_track(self, track_id: int) -> Track | None:
         async with self.db.execute("SELECT * FROM tracks WHERE id = ?", (track_id,)) as cur:
             row = await cur.fetchone()
-        return Track(**dict(row)) if row else None
+        return _track(row) if row else None
 
     async def tracks(self, guild_id: str, limit: int = 100) -> list[Track]:
         async with self.db.execute(
             "SELECT * FROM tracks WHERE guild_id = ? ORDER BY id DESC LIMIT ?",
             (str(guild_id), limit),
         ) as cur:
-            return [Track(**dict(r)) for r in await cur.fetchall()]
+            return [_track(r) for r in await cur.fetchall()]
 
     # --- votes ----------------------------------------------------------------------------
 
@@ -516,7 +529,7 @@ class Store:
         async with self.db.execute(
             f"SELECT * FROM tracks WHERE id IN ({window}) ORDER BY id", params
         ) as cur:
-            tracks = [Track(**dict(r)) for r in await cur.fetchall()]
+            tracks = [_track(r) for r in await cur.fetchall()]
         async with self.db.execute(
             f"SELECT * FROM votes WHERE track_id IN ({window}) ORDER BY track_id, member_id",
             params,
@@ -642,7 +655,7 @@ class Store:
             "SELECT * FROM tracks WHERE message_id = ?", (str(message_id),)
         ) as cur:
             row = await cur.fetchone()
-        return Track(**dict(row)) if row else None
+        return _track(row) if row else None
 
     async def posted_tracks(self, guild_id: str, since: float, limit: int = 500) -> list[Track]:
         """A guild's tracks posted to a channel since `since`, newest first."""
@@ -650,7 +663,7 @@ class Store:
             "SELECT * FROM tracks WHERE guild_id = ? AND message_id IS NOT NULL "
             "AND created_at >= ? ORDER BY id DESC LIMIT ?", (str(guild_id), since, limit),
         ) as cur:
-            return [Track(**dict(r)) for r in await cur.fetchall()]
+            return [_track(r) for r in await cur.fetchall()]
 
     async def recent_origins(self, guild_id: str, limit: int = 20) -> list[str]:
         """Origins of the guild's latest tracks, newest first (to keep the posting mix)."""

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import random
 import secrets
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.store import ModelVersionRow, Store
 from bot.core.worker import GenerationJob, GenerationWorker
+from model import tags as tagvocab
 from model.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class GeneratedTrack:
     duration_s: float
     seed: int
     origin: Origin
+    tags: dict[str, str] = field(default_factory=dict)  # made with; {}: the model took none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,10 +101,25 @@ class TrackService:
         await self.store.record_model_version(version_row(info))
         return info
 
+    async def default_tags(self, guild: str, origin: Origin, seed: int) -> tagvocab.Tags:
+        """The tags a track is made with when nobody asked for any: the guild's policy.
+
+        Drawn from the track's seed, so a seed reproduces its tags. For now uniform over
+        each field everywhere; a guild's learned policy replaces the second branch only."""
+        rng = random.Random(seed)
+        if origin == Origin.BASELINE:
+            return tagvocab.uniform(rng)  # the arm measures the model, not the policy's asks
+        return tagvocab.uniform(rng)  # guild's policy: uniform until guilds learn their own
+
     async def generate(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
         seconds: float | None = None, origin: Origin = Origin.GENERATED,
+        tags: Mapping[str, str] | None = None,
     ) -> list[GeneratedTrack]:
+        """n tracks made with `tags` (fields left out mean "any"; {} asks for none), or with
+        the guild's default policy, per track, when `tags` is None. TagError for an unknown
+        field or value."""
+        asked = None if tags is None else tagvocab.validate(tags)
         info = await self.model_for(guild, origin)
         out_dir = out_dir or self.settings.tracks_dir / guild
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,13 +133,18 @@ class TrackService:
                 raise ValueError(f"guild {guild} has no uploads to seed generation from")
             rng = random.Random(first)
             seed_audio = tuple(u.file for u in rng.sample(uploads, min(4, len(uploads))))
+        per_track = [asked if asked is not None else await self.default_tags(guild, origin, s)
+                     for s in seeds]
         job = GenerationJob(model_dir=str(self.registry.version_dir(guild, info.version)),
                             seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps,
-                            seed_audio=seed_audio)
-        audios, sr, mels = await self.worker.run(job)
+                            seed_audio=seed_audio,
+                            tags=tuple(tagvocab.format_tags(t) for t in per_track))
+        result = await self.worker.run(job)
         made = []
-        for audio, mel, s in zip(audios, mels, seeds, strict=True):
-            track = await self._save(guild, info.version, origin, audio, sr, s, out_dir)
+        for audio, mel, s, used in zip(result.audios, result.mels, seeds, result.tags,
+                                       strict=True):
+            track = await self._save(guild, info.version, origin, audio, result.sample_rate, s,
+                                     out_dir, used)
             path = mel_file(self.settings, guild, track.track_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(np.save, path, mel)
@@ -144,11 +166,12 @@ class TrackService:
 
     async def generate_mix(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
-        seconds: float | None = None,
+        seconds: float | None = None, tags: Mapping[str, str] | None = None,
     ) -> list[GeneratedTrack]:
         """n tracks in the posting mix (the bot's policy, over this batch): a share from the
         baseline model, a share seeded from uploads (when the guild has any), the rest from
-        the active model; consecutive seeds per origin, then shuffled."""
+        the active model; consecutive seeds per origin, then shuffled. `tags` as in
+        `generate`."""
         first = seed if seed is not None else secrets.randbelow(2**30)
         plan = await self.plan_origins(guild, n)
         made: list[GeneratedTrack] = []
@@ -156,14 +179,15 @@ class TrackService:
             count = plan.count(origin)
             if count > 0:
                 made += await self.generate(guild, count, out_dir, first + len(made), seconds,
-                                            origin)
+                                            origin, tags)
         random.Random(first).shuffle(made)
         return made
 
     async def _save(self, guild: str, version: str, origin: Origin, audio, sr: int, seed: int,
-                    out_dir: Path) -> GeneratedTrack:
+                    out_dir: Path, tags: dict[str, str]) -> GeneratedTrack:
         duration = len(audio) / sr
-        track_id = await self.store.add_track(guild, version, origin, duration, seed)
+        track_id = await self.store.add_track(guild, version, origin, duration, seed,
+                                              tags=tags)
         fmt = self.settings.audio_format
         path = out_dir / f"track-{track_id:06d}.{fmt}"
         try:
@@ -177,4 +201,5 @@ class TrackService:
         log.info("guild %s: track %d (%s, %.1f s) -> %s", guild, track_id, version, duration,
                  path)
         return GeneratedTrack(track_id=track_id, path=str(path), model_version=version,
-                              duration_s=round(duration, 3), seed=seed, origin=origin)
+                              duration_s=round(duration, 3), seed=seed, origin=origin,
+                              tags=dict(tags))

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from model import tags as tagvocab
 
 _pipelines: dict[tuple[str, float], object] = {}
 
@@ -26,6 +29,24 @@ class GenerationJob:
     seconds: float
     steps: int
     seed_audio: tuple[str, ...] = ()  # WAV paths for upload-seeded generation
+    # One `model.tags.format_tags` string per seed ("": none); plain strings, so the job
+    # pickles small and compares by value. Empty: every track unconditioned.
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.tags and len(self.tags) != len(self.seeds):
+            raise ValueError(f"{len(self.tags)} tag sets for {len(self.seeds)} seeds")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A job's tracks, in seed order: audio, the mel windows the model made, and the tags
+    each was made with ({} when the model takes no tags: they were not used)."""
+
+    audios: list[np.ndarray]
+    sample_rate: int
+    mels: list[np.ndarray]
+    tags: list[dict[str, str]]
 
 
 def _init_worker(threads: int) -> None:
@@ -47,7 +68,19 @@ def _load(model_dir: str):
     return _pipelines[key]
 
 
-def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
+def tags_used(pipe: object, asked: Mapping[str, str]) -> dict[str, str] | None:
+    """What `pipe` is given for `asked`: None when it takes no tags (an imported checkpoint),
+    else the asked tags its vocabulary knows (the pipeline drops others silently; a track
+    must not claim tags it was not made with)."""
+    if not getattr(pipe, "accepts_tags", False):
+        return None
+    vocab = getattr(pipe, "tag_vocab", None)
+    if not isinstance(vocab, Mapping):
+        return dict(asked)
+    return {f: v for f, v in asked.items() if v in vocab.get(f, ())}
+
+
+def run_job(job: GenerationJob) -> GenerationResult:
     """Generate the job's tracks (runs in the worker, or inline in tests and the CLI)."""
     import torch
 
@@ -61,13 +94,18 @@ def run_job(job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]
         lats = [pipe.invert(load_audio(path, sr), steps=job.steps, max_windows=4,
                             strength=SEED_STRENGTH) for path in job.seed_audio]
         seed_latents = torch.cat(lats)
-    audios, mels = [], []
-    for seed in job.seeds:
+    audios, mels, used_tags = [], [], []
+    for i, seed in enumerate(job.seeds):
+        used = tags_used(pipe, tagvocab.parse(job.tags[i]) if job.tags else {})
+        # `tags=` only for a pipeline that takes them: older ones have no such argument.
+        extra = {} if used is None else {"tags": used}
         out = pipe(num_inference_steps=job.steps, seconds=job.seconds,
-                   generator=torch.Generator().manual_seed(seed), seed_latents=seed_latents)
+                   generator=torch.Generator().manual_seed(seed), seed_latents=seed_latents,
+                   **extra)
         audios.append(out.audios[0])
         mels.append(out.mels[0].astype(np.float16))
-    return audios, pipe.mel.config.sample_rate, mels
+        used_tags.append(used or {})
+    return GenerationResult(audios, pipe.mel.config.sample_rate, mels, used_tags)
 
 
 class GenerationWorker:
@@ -86,7 +124,7 @@ class GenerationWorker:
             )
         return self._pool
 
-    async def run(self, job: GenerationJob) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
+    async def run(self, job: GenerationJob) -> GenerationResult:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor(), run_job, job)
 
