@@ -81,7 +81,10 @@ def build_parser() -> Parser:
 
     pre = sub.add_parser("pretrain", help="train the built-in base model on the starter corpus")
     pre.add_argument("--steps", type=positive_int(10**6), help="training steps")
-    pre.add_argument("--clips", type=positive_int(10**6), help="corpus clips to synthesise")
+    pre.add_argument("--clips", type=positive_int(10**6), help="corpus clips to render")
+    pre.add_argument("--corpus", choices=("scores", "synth"), default=None,
+                     help="scores: real tunes on sampled instruments, tagged (the default); "
+                     "synth: the older synthesiser-only corpus, untagged")
     pre.add_argument("--force", action="store_true", help="replace an existing base")
     pre.add_argument("--train", action="store_true",
                      help="train from scratch instead of installing the shipped base")
@@ -206,15 +209,18 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
         if settings.base_model != "builtin":
             console.print(f"importing base model {settings.base_model}")
             CrowdtunePipeline.from_pretrained(settings.base_model).save_pretrained(tmp)
-        elif SHIPPED_BASE.is_dir() and not (args.train or args.steps or args.clips):
+        elif SHIPPED_BASE.is_dir() and not (args.train or args.steps or args.clips
+                                            or args.corpus):
             recipe = json.loads((SHIPPED_BASE / "pretrain.json").read_text())["recipe"]
             console.print(f"installing the shipped base (what `crowdtune pretrain --train "
+                          f"--corpus {recipe.get('corpus', 'synth')} "
                           f"--steps {recipe['train']['steps']} --clips {recipe['clips']}` "
                           "trains)")
             install_shipped_base(tmp)
         else:
             cfg = PretrainConfig(
                 clips=args.clips or settings.pretrain_clips,
+                corpus=args.corpus or PretrainConfig.corpus,
                 train=TrainConfig(steps=args.steps or settings.pretrain_steps,
                                   seed=settings.pretrain_seed),
             )

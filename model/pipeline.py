@@ -161,13 +161,19 @@ class CrowdtunePipeline(DiffusionPipeline):
     def accepts_tags(self) -> bool:
         return self.tag_vocab is not None
 
+    def known_tags(self, tags: Mapping[str, str] | None) -> tagvocab.Tags:
+        """The part of `tags` this model was trained with (what a track made with them may
+        claim): all of it for the built-in base, nothing for a model without tags."""
+        vocab = self.tag_vocab or {}
+        return {f: v for f, v in (tags or {}).items() if v in vocab.get(f, ())}
+
     def tag_labels(self, tags: Mapping[str, str] | None, n: int) -> torch.Tensor | None:
         """(n, fields) embedding rows for one tag set (None: every field's "any" row), or
         None for a model that takes no tags."""
         if self.tag_vocab is None:
             return None
-        known = {f: v for f, v in (tags or {}).items() if v in self.tag_vocab.get(f, ())}
-        row = torch.tensor(tagvocab.indices(known, self.tag_vocab), dtype=torch.long)
+        row = torch.tensor(tagvocab.indices(self.known_tags(tags), self.tag_vocab),
+                           dtype=torch.long)
         return row.expand(n, -1).to(self.device)
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bot.core import worker as worker_module
 from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.rewards import RewardSettings
@@ -19,64 +18,34 @@ from bot.core.store import Store, Track, TrackFeedback, VoteRow
 from bot.core.tracks import TrackService
 from bot.core.worker import GenerationJob, GenerationResult, GenerationWorker, run_job
 from model.registry import ModelRegistry
-from model.tags import VOCAB, format_tags, parse, uniform
-from tests.helpers import make_base
+from model.tags import format_tags, parse, uniform
+from tests.helpers import make_base, tiny_pipeline
 
 SR = 1000
 
 
-class UntaggedPipe:
-    """A pipeline without tag conditioning (an imported checkpoint): no `tags` argument."""
-
-    mel = SimpleNamespace(config=SimpleNamespace(sample_rate=SR))
-
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-
-    def __call__(self, *, num_inference_steps, seconds, generator, seed_latents):
-        self.calls.append({})
-        return SimpleNamespace(audios=[np.zeros(SR)], mels=[np.zeros((1, 4, 4))])
+def job(model_dir: str = "unused", tags: tuple[str, ...] = ()) -> GenerationJob:
+    return GenerationJob(model_dir=model_dir, seeds=(1, 2), seconds=0.5, steps=2, tags=tags)
 
 
-class TaggedPipe(UntaggedPipe):
-    accepts_tags = True
-
-    def __init__(self, vocab=VOCAB) -> None:
-        super().__init__()
-        self.tag_vocab = vocab
-
-    def __call__(self, *, num_inference_steps, seconds, generator, seed_latents, tags=None):
-        self.calls.append({"tags": tags})
-        return SimpleNamespace(audios=[np.zeros(SR)], mels=[np.zeros((1, 4, 4))])
-
-
-def job(tags: tuple[str, ...] = ()) -> GenerationJob:
-    return GenerationJob(model_dir="unused", seeds=(1, 2), seconds=1.0, steps=2, tags=tags)
-
-
-def test_run_job_passes_tags_only_to_a_model_that_takes_them(monkeypatch):
+def test_run_job_uses_tags_only_where_the_model_takes_them(tmp_path):
     asked = ("mode=minor,instrument=piano", "")
-    tagged = TaggedPipe()
-    monkeypatch.setattr(worker_module, "_load", lambda _dir: tagged)
-    result = run_job(job(asked))
-    assert tagged.calls == [{"tags": {"instrument": "piano", "mode": "minor"}}, {"tags": {}}]
+    tagged, plain = tmp_path / "tagged", tmp_path / "plain"
+    tiny_pipeline().save_pretrained(tagged)
+    tiny_pipeline(tags=False).save_pretrained(plain)  # like an imported checkpoint
+    result = run_job(job(str(tagged), asked))
     assert result.tags == [{"instrument": "piano", "mode": "minor"}, {}]
-    assert result.sample_rate == SR and len(result.audios) == len(result.mels) == 2
-
-    untagged = UntaggedPipe()  # its __call__ has no `tags`: passing one would raise
-    monkeypatch.setattr(worker_module, "_load", lambda _dir: untagged)
-    assert run_job(job(asked)).tags == [{}, {}]  # ignored, so not claimed
-    assert len(untagged.calls) == 2
-
-    # A model trained on a smaller vocabulary is given (and claims) only what it knows.
-    narrow = TaggedPipe({"mode": ("major", "minor")})
-    monkeypatch.setattr(worker_module, "_load", lambda _dir: narrow)
-    assert run_job(job(asked)).tags == [{"mode": "minor"}, {}]
+    assert len(result.audios) == len(result.mels) == 2
+    # The same seed under other tags is another track: the tags reached the model.
+    other = run_job(job(str(tagged), ("mode=major,instrument=organ", "")))
+    assert not np.array_equal(result.mels[0], other.mels[0])
+    assert np.array_equal(result.mels[1], other.mels[1])
+    assert run_job(job(str(plain), asked)).tags == [{}, {}]  # ignored, so not claimed
 
 
 def test_a_job_has_one_tag_set_per_seed():
     with pytest.raises(ValueError, match="1 tag sets for 2 seeds"):
-        job(("mode=minor",))
+        job(tags=("mode=minor",))
 
 
 @dataclass

@@ -104,12 +104,10 @@ class TrackService:
     async def default_tags(self, guild: str, origin: Origin, seed: int) -> tagvocab.Tags:
         """The tags a track is made with when nobody asked for any: the guild's policy.
 
-        Drawn from the track's seed, so a seed reproduces its tags. For now uniform over
-        each field everywhere; a guild's learned policy replaces the second branch only."""
-        rng = random.Random(seed)
-        if origin == Origin.BASELINE:
-            return tagvocab.uniform(rng)  # the arm measures the model, not the policy's asks
-        return tagvocab.uniform(rng)  # guild's policy: uniform until guilds learn their own
+        Drawn from the track's seed, so a seed reproduces its tags. Uniform over each field
+        until guilds learn their own taste; the baseline arm stays uniform even then, so it
+        measures where the guild started."""
+        return tagvocab.uniform(random.Random(seed))
 
     async def generate(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,18 +67,6 @@ def _load(model_dir: str):
     return _pipelines[key]
 
 
-def tags_used(pipe: object, asked: Mapping[str, str]) -> dict[str, str] | None:
-    """What `pipe` is given for `asked`: None when it takes no tags (an imported checkpoint),
-    else the asked tags its vocabulary knows (the pipeline drops others silently; a track
-    must not claim tags it was not made with)."""
-    if not getattr(pipe, "accepts_tags", False):
-        return None
-    vocab = getattr(pipe, "tag_vocab", None)
-    if not isinstance(vocab, Mapping):
-        return dict(asked)
-    return {f: v for f, v in asked.items() if v in vocab.get(f, ())}
-
-
 def run_job(job: GenerationJob) -> GenerationResult:
     """Generate the job's tracks (runs in the worker, or inline in tests and the CLI)."""
     import torch
@@ -96,15 +83,14 @@ def run_job(job: GenerationJob) -> GenerationResult:
         seed_latents = torch.cat(lats)
     audios, mels, used_tags = [], [], []
     for i, seed in enumerate(job.seeds):
-        used = tags_used(pipe, tagvocab.parse(job.tags[i]) if job.tags else {})
-        # `tags=` only for a pipeline that takes them: older ones have no such argument.
-        extra = {} if used is None else {"tags": used}
+        # A track claims only the tags its model knows (none for an imported checkpoint).
+        used = pipe.known_tags(tagvocab.parse(job.tags[i]) if job.tags else {})
         out = pipe(num_inference_steps=job.steps, seconds=job.seconds,
                    generator=torch.Generator().manual_seed(seed), seed_latents=seed_latents,
-                   **extra)
+                   tags=used)
         audios.append(out.audios[0])
         mels.append(out.mels[0].astype(np.float16))
-        used_tags.append(used or {})
+        used_tags.append(used)
     return GenerationResult(audios, pipe.mel.config.sample_rate, mels, used_tags)
 
 
