@@ -21,6 +21,7 @@ import torch
 from model.codec import MelCodec, spectral_convergence
 from model.features import diversity, extract, feature_matrix, frechet_distance
 from model.pipeline import CrowdtunePipeline
+from model.scores import score_corpus
 from model.synth import SAMPLE_RATE, corpus
 from model.train import make_builtin_pipeline
 
@@ -46,7 +47,12 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = CrowdtunePipeline.from_pretrained(a.model)
     codec: MelCodec = pipe.mel
-    held_out, _ = corpus(a.n, HELD_OUT_SEED, codec.config.window_seconds)
+    # The corpus the model learnt from: tagged real tunes for a tag-conditioned base.
+    if pipe.accepts_tags:
+        held_out, _ = score_corpus(a.n, HELD_OUT_SEED, codec.config.window_seconds,
+                                   codec.config.sample_rate)
+    else:
+        held_out, _ = corpus(a.n, HELD_OUT_SEED, codec.config.window_seconds)
     round_trip = codec.decode(codec.encode(torch.from_numpy(held_out))[..., : codec.config.x_res])
     round_trip = round_trip.numpy()
     sc = [spectral_convergence(torch.from_numpy(x), torch.from_numpy(y))
