@@ -18,7 +18,6 @@ import resource
 import shutil
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +27,11 @@ from bot.experiment.community import Community, make_upload
 from model.contracts import EvalSpec, FinetuneSpec, ItemKind, RatedFile, TrainItem
 from model.evaluate import evaluate
 from model.features import extract
+from model.files import write_wav
 from model.finetune import finetune
 from model.pipeline import best_device
 from model.synth import SAMPLE_RATE, corpus
 from model.train import install_shipped_base
-
-
-def write_wav(path: Path, audio: np.ndarray) -> str:
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-    return str(path)
 
 
 def main() -> None:
@@ -62,13 +52,14 @@ def main() -> None:
         community = Community(seed=0)
         rng = np.random.default_rng(0)
         audio, _ = corpus(a.rated, seed=90_000, seconds=20.0)
-        rated = [RatedFile(write_wav(scratch / f"rated{i}.wav", x),
+        rated = [RatedFile(str(write_wav(scratch / f"rated{i}.wav", x, SAMPLE_RATE)),
                            community.score(extract(x, SAMPLE_RATE)) - 3.0)
                  for i, x in enumerate(audio)]
         items = []
         for k in range(a.uploads):
             member = community.members[k % len(community.members)]
-            path = write_wav(scratch / f"up{k}.wav", make_upload(member, rng, seconds=30.0))
+            song = make_upload(member, rng, seconds=30.0)
+            path = str(write_wav(scratch / f"up{k}.wav", song, SAMPLE_RATE))
             items.append(TrainItem(f"upload:{k}", path, 1.0, ItemKind.UPLOAD))
             rated.append(RatedFile(path, 1.0))
         spec = FinetuneSpec(

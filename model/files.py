@@ -1,4 +1,4 @@
-"""File primitives shared by every layer: atomic writes and content hashes.
+"""File primitives shared by every layer: atomic writes, content hashes, plain WAVs.
 
 A reader never sees half a file or half a folder: everything is written under a temporary
 name beside its destination and renamed into place (a rename within one file system is
@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +64,16 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_wav(path: Path, audio, sample_rate: int) -> Path:
+    """Mono float audio in [-1, 1] as a 16-bit PCM WAV (no ffmpeg: the stdlib's wave)."""
+    import numpy as np
+
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return Path(path)

@@ -50,7 +50,6 @@ import sys
 import tempfile
 import time
 import warnings
-import wave
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from model import synth
+from model.files import write_wav
 from model.tags import FIELDS, VOCAB, tempo_tag
 
 log = logging.getLogger(__name__)
@@ -1014,15 +1014,6 @@ def tag_counts(infos: Sequence[ClipInfo]) -> dict[str, dict[str, int]]:
             for f in FIELDS}
 
 
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.scores",
                                  description="Regenerate the starter corpus as WAVs + clips.jsonl")
@@ -1047,7 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, info in enumerate(infos):
             name = f"clip_{i:05d}.wav"
             if not args.no_wav:
-                _write_wav(args.out / name, audio[i], args.sample_rate)
+                write_wav(args.out / name, audio[i], args.sample_rate)
             f.write(json.dumps({"file": name, **info.to_dict()}) + "\n")
     print(f"{len(infos)} clips -> {args.out} "
           f"({stats.timings.get('total_s', 0.0):.1f} s: parse "
