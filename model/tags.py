@@ -36,10 +36,6 @@ def tempo_tag(bpm: float) -> str:
     return "slow" if bpm < SLOW_BELOW_BPM else "fast" if bpm >= FAST_FROM_BPM else "medium"
 
 
-def vocabulary_line() -> str:
-    return "; ".join(f"{f}: {', '.join(v)}" for f, v in VOCAB.items())
-
-
 def validate(tags: Mapping[str, str]) -> Tags:
     """A copy of `tags` in field order, or TagError naming what is valid."""
     out: Tags = {}
