@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydub import AudioSegment
-from pydub.exceptions import CouldntDecodeError
 
 from bot.core import ingest as uploads
 from bot.core.ingest import (
@@ -115,6 +114,37 @@ def reject(source: Path, dest: Path, limits: UploadLimits = DEFAULT_LIMITS, **kw
 
 
 # ------------------------------------------------------------------------------ good files
+
+
+# Every WAV flavour: codec x layout x rate, each a real file ffmpeg writes (ADPCM is what
+# many recorders and old games write; pydub once refused it as corrupt).
+WAV_FLAVOURS = [
+    ("adpcm_ms", "stereo", 44100), ("adpcm_ima_wav", "stereo", 22050),
+    ("pcm_u8", "mono", 8000), ("pcm_s16le", "stereo", 48000), ("pcm_s24le", "stereo", 96000),
+    ("pcm_s32le", "5.1", 48000), ("pcm_f32le", "7.1", 44100), ("pcm_f64le", "mono", 192000),
+    ("pcm_u8", "7.1", 192000), ("adpcm_ima_wav", "mono", 8000),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("codec", "layout", "rate"), WAV_FLAVOURS)
+def test_every_wav_flavour_is_decoded(tmp_path: Path, dest: Path, codec: str, layout: str,
+                                      rate: int):
+    src = tmp_path / "song.wav"
+    tone = "sine=frequency=440:duration=11"
+    ffmpeg("-f", "lavfi", "-i", tone, "-af", f"volume=0.5,aformat=channel_layouts={layout}",
+           "-ar", str(rate), "-c:a", codec, str(src))
+    up = ingest_upload(src, dest)
+
+    channels = {"mono": 1, "stereo": 2, "5.1": 6, "7.1": 8}[layout]
+    assert (up.container, up.codec, up.sample_rate, up.channels) == ("wav", codec, rate, channels)
+    # ADPCM pads its last block (up to a quarter second at 8 kHz).
+    assert up.duration_s == pytest.approx(11.0, abs=0.3)
+    out = AudioSegment.from_wav(up.path)
+    assert out.dBFS == pytest.approx(DEFAULT_LIMITS.target_rms_dbfs, abs=0.5)
+    samples = np.array(out.get_array_of_samples(), dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(samples))
+    assert np.fft.rfftfreq(len(samples), 1 / 16000)[spectrum.argmax()] == pytest.approx(440, abs=2)
+
 
 
 @pytest.mark.parametrize("name", sorted(GOOD))
@@ -298,11 +328,12 @@ def test_missing_file(dest: Path, tmp_path: Path):
 
 
 def test_decoder_failure_becomes_rejection(media: Path, dest: Path, monkeypatch):
-    def broken(*args, **kwargs):
-        raise CouldntDecodeError("ffmpeg returned error code: 1")
-
-    monkeypatch.setattr(uploads.AudioSegment, "from_file", broken)
+    monkeypatch.setattr(uploads, "FFMPEG", "false")  # runs, exits 1 like a failed decode
     assert reject(media / "song.mp3", dest) == "That file looks corrupt: it could not be decoded."
+    monkeypatch.setattr(uploads, "FFMPEG", "/nonexistent/ffmpeg")
+    assert reject(media / "song.mp3", dest) == (
+        "I can't process uploads right now; please tell a moderator."
+    )
 
 
 def test_failed_store_leaves_no_temporary_file(media: Path, dest: Path, monkeypatch):

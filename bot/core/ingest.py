@@ -13,8 +13,9 @@ Pipeline, cheapest check first so a bad file costs as little as possible:
 3. ffprobe (with a timeout, protocols restricted to local files) reads only the headers:
    there must be a real audio stream in a container we accept, within the duration,
    channel and sample-rate limits; nothing is decoded yet;
-4. pydub decodes it over ffmpeg (video streams are dropped); numpy mixes it down to mono,
-   scipy resamples it (polyphase, anti-aliased) to the target rate;
+4. ffmpeg decodes its first audio stream to 32-bit float PCM (video streams are dropped);
+   numpy mixes it down to mono, scipy resamples it (polyphase, anti-aliased) to the target
+   rate;
 5. loudness: gain to a target RMS level, capped so the peak stays under a ceiling;
 6. a 16-bit mono WAV is written under a temporary name in the destination directory,
    fsynced, and renamed atomically to `<sha256>.wav`. The uploader's file name is never
@@ -51,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydub import AudioSegment
 from scipy.signal import resample_poly
 
 from bot.core.errors import UserFacingError
@@ -60,6 +60,7 @@ from model.files import atomic_path, sha256_file
 log = logging.getLogger(__name__)
 
 FFPROBE = "ffprobe"
+FFMPEG = "ffmpeg"
 MIB = 1024 * 1024
 
 # Demuxers (ffprobe format_name parts) we decode. An allow-list, not a deny-list, because
@@ -92,13 +93,14 @@ class UploadLimits:
     max_channels: int = 8
     min_sample_rate: int = 8_000
     max_sample_rate: int = 192_000
-    # pydub holds the whole decoded song (at its own rate and channel count, up to 4 bytes a
-    # sample) in memory, about three copies at once: a 10-minute stereo Opus song peaks near
-    # 800 MB. This bounds the estimate (duration x rate x channels x 4), since a tiny FLAC of
+    # The whole decoded song (at its own rate and channel count, 4 bytes a sample) is held in
+    # memory, about three copies at once: a 10-minute stereo Opus song peaks near 800 MB.
+    # This bounds the estimate (duration x rate x channels x 4), since a tiny FLAC of
     # silence can declare 8 channels at 192 kHz for 10 minutes (3.7 GB decoded). 256 MiB
     # admits any stereo song up to 48 kHz and 10 minutes.
     max_decoded_bytes: int = 256 * MIB
     probe_timeout_s: float = 30.0
+    decode_timeout_s: float = 120.0
     # Conversion targets (see the module docstring for the loudness choice).
     target_sample_rate: int = 16_000
     target_rms_dbfs: float = -20.0
@@ -119,8 +121,8 @@ class UploadLimits:
             raise ValueError("target_sample_rate must be positive")
         if self.peak_ceiling_dbfs > 0 or self.target_rms_dbfs > self.peak_ceiling_dbfs:
             raise ValueError("need target_rms_dbfs <= peak_ceiling_dbfs <= 0")
-        if self.probe_timeout_s <= 0:
-            raise ValueError("probe_timeout_s must be positive")
+        if self.probe_timeout_s <= 0 or self.decode_timeout_s <= 0:
+            raise ValueError("probe_timeout_s and decode_timeout_s must be positive")
 
 
 DEFAULT_LIMITS = UploadLimits()
@@ -375,35 +377,45 @@ def _probe(path: Path, limits: UploadLimits) -> _Probe:
 
 
 def _decode(path: Path, probe: _Probe, limits: UploadLimits) -> tuple[np.ndarray, int, int]:
-    """Decode with pydub (ffmpeg underneath); return float32 mono samples at the target
-    rate in [-1, 1], and the decoded stream's original rate and channel count."""
+    """Decode the probed stream with ffmpeg; return float32 mono samples at the target rate
+    in [-1, 1], and the stream's original rate and channel count.
+
+    ffmpeg is told the PCM it must output (32-bit float, the probed rate and channels), so
+    any codec it decodes works the same: ADPCM, 8- to 32-bit integer and float WAVs alike.
+    (Taking the output format from the container's bit depth, as pydub does, fails on
+    4-bit ADPCM.)
+    """
+    rate, channels = probe.sample_rate, probe.channels
+    cmd = [
+        FFMPEG, "-nostdin", "-v", "error", "-protocol_whitelist", "file",
+        # The demuxer ffprobe found and we allowed; the stream ffprobe described.
+        "-f", probe.demuxer, "-i", f"file:{path}", "-map", "0:a:0", "-vn",
+        # Stop shortly past the limit if the headers understate the length.
+        "-t", f"{limits.max_duration_s + 1:g}",
+        "-ac", str(channels), "-ar", str(rate), "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1",
+    ]  # fmt: skip
     try:
-        # `format` forces the demuxer ffprobe found and we allowed (and stops pydub guessing
-        # from the extension); `duration` stops ffmpeg shortly past the limit if the headers
-        # understate the length.
-        segment = AudioSegment.from_file(
-            str(path), format=probe.demuxer, duration=limits.max_duration_s + 1
-        )
+        proc = subprocess.run(cmd, capture_output=True, timeout=limits.decode_timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise UploadRejected("That file took too long to decode; it looks corrupt.") from exc
     except MemoryError as exc:
         raise UploadRejected("That file is too large to process.") from exc
-    except Exception as exc:  # pydub raises CouldntDecodeError, and worse on odd files
-        log.debug("decoding %s failed", path, exc_info=True)
-        raise UploadRejected("That file looks corrupt: it could not be decoded.") from exc
-
-    rate, channels, width = segment.frame_rate, segment.channels, segment.sample_width
-    if width not in (1, 2, 4) or channels < 1 or rate <= 0:
+    except OSError as exc:  # ffmpeg missing: the operator's problem, not the member's
+        log.error("cannot run %s: %s", FFMPEG, exc)
+        raise UploadRejected("I can't process uploads right now; please tell a moderator.") from exc
+    if proc.returncode != 0:
+        log.debug("ffmpeg failed on %s (rc=%d): %s", path, proc.returncode,
+                  proc.stderr.decode(errors="replace").strip())
         raise UploadRejected("That file looks corrupt: it could not be decoded.")
-    # pydub's own mono mix is a Python loop beyond stereo and its resampler does not filter
-    # (aliasing), so both are done in numpy/scipy on a zero-copy view of its samples.
-    dtype = {1: np.int8, 2: np.dtype("<i2"), 4: np.dtype("<i4")}[width]
-    raw = np.frombuffer(segment.raw_data, dtype=dtype)
-    del segment
+    raw = np.frombuffer(proc.stdout, dtype="<f4")
+    del proc
     frames = len(raw) // channels
     if frames == 0:
         raise UploadRejected("That file looks corrupt: it has no audio in it.")
     mono = raw[: frames * channels].reshape(frames, channels).mean(axis=1, dtype=np.float32)
     del raw
-    mono *= np.float32(1.0 / 2 ** (8 * width - 1))
+    mono = np.nan_to_num(np.clip(mono, -1.0, 1.0), nan=0.0)  # float WAVs may hold anything
     if rate != limits.target_sample_rate:
         ratio = Fraction(limits.target_sample_rate, rate)
         mono = resample_poly(mono, ratio.numerator, ratio.denominator).astype(np.float32)
