@@ -116,6 +116,33 @@ def build_parser() -> Parser:
                     help="songs: mp3, ogg/opus, wav, flac or m4a, 10 s to 10 min, up to 25 MB")
     up.add_argument("--json", action="store_true", help="one JSON line per file")
 
+    ups = sub.add_parser("uploads", help="a guild's uploads: list them, remove one")
+    usub = ups.add_subparsers(dest="uploads_command", required=True, parser_class=Parser)
+    ul = usub.add_parser("list", help="every upload of a guild, oldest first")
+    ul.add_argument("--guild", required=True, type=guild_arg)
+    ul.add_argument("--json", action="store_true", help="one JSON line per upload")
+    ur = usub.add_parser("remove", help="delete one upload (its file too): never used again "
+                         "for training or seeding")
+    ur.add_argument("--guild", required=True, type=guild_arg)
+    ur.add_argument("upload_id", type=positive_int(2**62), metavar="ID",
+                    help="the upload's number (uploads list)")
+
+    fg = sub.add_parser("forget", help="delete a member's votes, listens and uploads",
+                        description="Delete everything a member gave the bot in a guild "
+                        "(votes, listening, uploads and their files); none of it is used again. "
+                        "Models already trained on it are not retrained (PRIVACY.md).")
+    fg.add_argument("--guild", required=True, type=guild_arg)
+    fg.add_argument("--member", required=True, type=member_arg)
+    fg.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+
+    ex = sub.add_parser("export", help="a guild's (or one member's) data as JSON Lines",
+                        description="Write tracks, votes, listens and uploads' metadata, one "
+                        "JSON object per line with its kind; rows about a member carry "
+                        "member_id; no file paths.")
+    ex.add_argument("--guild", required=True, type=guild_arg)
+    ex.add_argument("--member", type=member_arg, help="only this member's data")
+    ex.add_argument("--out", required=True, type=Path, metavar="FILE")
+
     fb = sub.add_parser("feedback", help="ratings and listening time")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, parser_class=Parser)
     fi = fsub.add_parser(
@@ -334,6 +361,46 @@ async def _upload(settings: BotSettings, args: argparse.Namespace) -> int:
     return 2 if rejected else 0
 
 
+async def _uploads(settings: BotSettings, args: argparse.Namespace) -> int:
+    from bot.core.services import Services
+
+    async with await Services.open(settings) as services:
+        if args.uploads_command == "remove":
+            row = await services.privacy.remove_upload(args.guild, args.upload_id)
+            print(f"removed upload #{row.id} {row.original_name} from guild {args.guild}")
+            return 0
+        rows = await services.uploads.list(args.guild)
+    for r in rows:
+        if args.json:
+            print(json.dumps({"upload_id": r.id, "member_id": r.member_id,
+                              "original_name": r.original_name, "format": r.format,
+                              "duration_s": r.duration_s, "sha256": r.sha256,
+                              "created_at": r.created_at}))
+        else:
+            print(f"#{r.id} {r.original_name} ({r.duration_s:.1f} s, {r.format}) "
+                  f"from {r.member_id}")
+    return 0
+
+
+async def _forget(settings: BotSettings, args: argparse.Namespace) -> int:
+    from bot.core.services import Services
+
+    async with await Services.open(settings) as services:
+        report = await services.privacy.forget(args.member, args.guild)
+    print(json.dumps(report.to_dict()) if args.json
+          else f"member {args.member} in guild {args.guild}: {report.summary()}")
+    return 0
+
+
+async def _export(settings: BotSettings, args: argparse.Namespace) -> int:
+    from bot.core.services import Services
+
+    async with await Services.open(settings) as services:
+        n = await services.privacy.export(args.out, args.guild, args.member)
+    console.print(f"{n} rows written to {args.out}")
+    return 0
+
+
 async def _feedback_import(settings: BotSettings, args: argparse.Namespace) -> int:
     from bot.core.services import Services
 
@@ -481,6 +548,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_generate(settings, args))
     if args.command == "upload":
         return asyncio.run(_upload(settings, args))
+    if args.command == "uploads":
+        return asyncio.run(_uploads(settings, args))
+    if args.command == "forget":
+        return asyncio.run(_forget(settings, args))
+    if args.command == "export":
+        return asyncio.run(_export(settings, args))
     if args.command == "feedback":
         return asyncio.run(_feedback_import(settings, args))
     if args.command == "round":

@@ -106,9 +106,12 @@ def item_images(pipe: CrowdtunePipeline, items: list[TrainItem], per_item: int
     for it in items:
         if it.mel:  # the model's own output, exactly as generated
             wins = torch.from_numpy(np.load(it.mel).astype(np.float32))[:per_item]
-        else:  # uploads (and tracks whose mel is gone): encode the audio
+        elif Path(it.path).is_file():  # uploads (and tracks whose mel is gone): the audio
             wins = pipe.mel.encode_windows(torch.from_numpy(load_audio(it.path, sr)))
             wins = wins[:per_item]
+        else:  # deleted since the round read it (a member forgotten, an upload removed)
+            log.info("skipping %s: its file is gone", it.key)
+            continue
         index[it.key] = list(range(count, count + len(wins)))
         count += len(wins)
         images.append(wins)

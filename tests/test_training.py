@@ -173,3 +173,20 @@ def test_finetune_child_writes_a_candidate_and_reports_typed_events(tmp_path):
                                                      parent.unet.parameters(), strict=True)]
     assert any(changed)
     assert not list(tmp_path.glob(".cand.partial"))
+
+
+def test_items_whose_files_were_deleted_meanwhile_are_skipped(tmp_path):
+    """A member forgotten (or an upload removed) while a round runs: its file is gone by the
+    time fine-tuning reads it, and fine-tuning goes on without it."""
+    from model.contracts import ItemKind, TrainItem
+    from model.finetune import item_images
+
+    pipe = tiny_pipeline(tags=False)
+    sr = pipe.mel.config.sample_rate
+    kept = tmp_path / "kept.wav"
+    encode(np.sin(np.arange(3 * sr) * 2 * np.pi * 440 / sr).astype(np.float32) * 0.3, sr,
+           kept, "wav")
+    items = [TrainItem("upload:1", str(tmp_path / "gone.wav"), 1.0, ItemKind.UPLOAD),
+             TrainItem("upload:2", str(kept), 1.0, ItemKind.UPLOAD)]
+    images, weights, kinds, index, _tags = item_images(pipe, items, per_item=4)
+    assert list(index) == ["upload:2"] and len(images) == len(weights) == len(kinds) > 0

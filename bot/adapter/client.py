@@ -43,8 +43,8 @@ from model.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.moderation", "cogs.radio",
-              "cogs.admin")
+EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.privacy", "cogs.moderation",
+              "cogs.radio", "cogs.admin")
 GENERIC_ERROR = ("Something went wrong on my side; try again in a minute. If it keeps "
                  "happening, ask a moderator to check the bot's log.")
 

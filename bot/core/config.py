@@ -125,6 +125,9 @@ class BotSettings(Settings):
     timezone: str = "UTC"
     # Votes cast while the bot was offline are read back from posts this recent.
     reconcile_days: float = Field(default=14.0, gt=0)
+    # Where members can read the privacy notice (PRIVACY.md, published somewhere they can
+    # open it); /forget-me and /my-data link it. Empty: they are told to ask a moderator.
+    privacy_url: str = ""
 
     @field_validator("sync_guilds")
     @classmethod

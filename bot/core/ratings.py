@@ -117,12 +117,21 @@ class RatingService:
         the bot itself excluded): votes cast or taken back while the bot was offline.
 
         A member with several star reactions keeps their stored vote if it is among them,
-        else the highest (the bot was not there to see which came last).
+        else the highest (the bot was not there to see which came last). Reactions of a
+        member forgotten since the track was made are skipped.
         """
+        track = await self.store.get_track(track_id)
+        if track is None:
+            return Reconciled(track_id)
+        # A member who asked to be forgotten after this track was made: their reactions
+        # left on it are from before the request, so they are not votes again.
+        forgotten = {m for m, at in (await self.store.forgotten_at(track.guild_id)).items()
+                     if at >= track.created_at}
         by_member: dict[str, set[int]] = {}
         for stars, members in reactions.items():
             for m in members:
-                by_member.setdefault(str(m), set()).add(stars)
+                if str(m) not in forgotten:
+                    by_member.setdefault(str(m), set()).add(stars)
         added = removed = 0
         stored = {v.member_id: v.stars for v in await self.store.votes(track_id)}
         for member, options in sorted(by_member.items()):

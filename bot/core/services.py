@@ -13,6 +13,7 @@ from bot.core.config import BotSettings
 from bot.core.feedback import FeedbackService
 from bot.core.guild_config import GuildConfigs
 from bot.core.model_versions import ModelService
+from bot.core.privacy import PrivacyService
 from bot.core.ratings import RatingService
 from bot.core.rounds import RoundService
 from bot.core.stats import StatsService
@@ -41,10 +42,12 @@ class Services:
     # Built from the ones above (so `open` need not name them).
     models: ModelService = field(init=False)
     stats: StatsService = field(init=False)
+    privacy: PrivacyService = field(init=False)
 
     def __post_init__(self) -> None:
         self.models = ModelService(self.registry)
         self.stats = StatsService(self.store, self.clock)
+        self.privacy = PrivacyService(self.store)
 
     @classmethod
     async def open(cls, settings: BotSettings, worker: GenerationWorker | None = None,

@@ -113,6 +113,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tracks ADD COLUMN tags TEXT;
     """,
+    # 4: members who asked to be forgotten (/forget-me, `crowdtune forget`). Their votes,
+    # listens and uploads are deleted; this row only keeps their reactions still on older
+    # posts from being counted again when the bot reconciles those posts.
+    """
+    CREATE TABLE forgotten (
+        guild_id TEXT NOT NULL,
+        member_id TEXT NOT NULL,
+        forgotten_at REAL NOT NULL,
+        PRIMARY KEY (guild_id, member_id)
+    );
+    """,
 ]
 
 
@@ -202,6 +213,16 @@ class RoundRow:
     reason: str | None
     counts: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What `Store.forget_member` deleted: counts of rows, and the uploads (whose files the
+    caller deletes once the rows are gone)."""
+
+    votes: int
+    listens: int
+    uploads: tuple[UploadRow, ...]
 
 
 @dataclass(frozen=True)
@@ -504,6 +525,95 @@ class Store:
             "ORDER BY id", (str(guild_id), since, since),
         ) as cur:
             return [UploadRow(**dict(r)) for r in await cur.fetchall()]
+
+    async def get_upload(self, guild_id: str, upload_id: int) -> UploadRow | None:
+        async with self.db.execute(
+            "SELECT * FROM uploads WHERE guild_id = ? AND id = ?", (str(guild_id), upload_id)
+        ) as cur:
+            row = await cur.fetchone()
+        return UploadRow(**dict(row)) if row else None
+
+    async def delete_upload(self, guild_id: str, upload_id: int) -> UploadRow | None:
+        """Remove one upload's row (the caller deletes its file); None if there is none."""
+        row = await self.get_upload(guild_id, upload_id)
+        if row is not None:
+            await self.db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+            await self._commit()
+        return row
+
+    # --- members' data --------------------------------------------------------------------
+
+    async def forget_member(self, guild_id: str, member_id: str) -> Forgotten:
+        """Delete a member's votes, listens and uploads in a guild, and remember that they
+        asked (`forgotten`). Every statement is idempotent, so a forget cut short by a crash
+        is finished by running it again."""
+        g, m = str(guild_id), str(member_id)
+        in_guild = "track_id IN (SELECT id FROM tracks WHERE guild_id = ?)"
+        votes = await self.db.execute(
+            f"DELETE FROM votes WHERE member_id = ? AND {in_guild}", (m, g))
+        listens = await self.db.execute(
+            f"DELETE FROM listens WHERE member_id = ? AND {in_guild}", (m, g))
+        async with self.db.execute(
+            "SELECT * FROM uploads WHERE guild_id = ? AND member_id = ? ORDER BY id", (g, m)
+        ) as cur:
+            uploads = tuple(UploadRow(**dict(r)) for r in await cur.fetchall())
+        await self.db.execute("DELETE FROM uploads WHERE guild_id = ? AND member_id = ?", (g, m))
+        await self.db.execute(
+            "INSERT INTO forgotten (guild_id, member_id, forgotten_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(guild_id, member_id) DO UPDATE SET forgotten_at = excluded.forgotten_at",
+            (g, m, self.now()))
+        await self._commit()
+        return Forgotten(votes=votes.rowcount, listens=listens.rowcount, uploads=uploads)
+
+    async def forgotten_at(self, guild_id: str) -> dict[str, float]:
+        """Members of a guild who asked to be forgotten, and when (their last request)."""
+        async with self.db.execute(
+            "SELECT member_id, forgotten_at FROM forgotten WHERE guild_id = ?", (str(guild_id),)
+        ) as cur:
+            return {r["member_id"]: r["forgotten_at"] for r in await cur.fetchall()}
+
+    async def member_guilds(self, member_id: str) -> list[str]:
+        """Guilds where a member has votes, listens or uploads."""
+        m = str(member_id)
+        async with self.db.execute(
+            "SELECT t.guild_id AS g FROM votes v JOIN tracks t ON t.id = v.track_id "
+            "WHERE v.member_id = :m UNION "
+            "SELECT t.guild_id FROM listens l JOIN tracks t ON t.id = l.track_id "
+            "WHERE l.member_id = :m UNION "
+            "SELECT guild_id FROM uploads WHERE member_id = :m ORDER BY 1", {"m": m},
+        ) as cur:
+            return [r["g"] for r in await cur.fetchall()]
+
+    async def export_rows(self, guild_id: str, member_id: str | None = None
+                          ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """A guild's data as (kind, row) pairs, kind one of track, vote, listen, upload:
+        every track with its votes and listens, and its uploads; with `member_id`, only that
+        member's votes, listens and uploads (and the tracks they voted on or heard).
+        Uploads' file paths are left out (they are the bot's, not the member's)."""
+        g, m = str(guild_id), None if member_id is None else str(member_id)
+        mine = "(:m IS NULL OR member_id = :m)"
+        params = {"g": g, "m": m}
+        queries = [
+            ("track", "SELECT * FROM tracks WHERE guild_id = :g AND (:m IS NULL OR id IN ("
+             "SELECT track_id FROM votes WHERE member_id = :m UNION "
+             "SELECT track_id FROM listens WHERE member_id = :m)) ORDER BY id"),
+            ("vote", f"SELECT * FROM votes WHERE {mine} AND track_id IN "
+             "(SELECT id FROM tracks WHERE guild_id = :g) ORDER BY track_id, member_id"),
+            ("listen", f"SELECT * FROM listens WHERE {mine} AND track_id IN "
+             "(SELECT id FROM tracks WHERE guild_id = :g) "
+             "ORDER BY track_id, member_id, play_started_at, start_s"),
+            ("upload", f"SELECT * FROM uploads WHERE guild_id = :g AND {mine} ORDER BY id"),
+        ]
+        for kind, sql in queries:
+            async with self.db.execute(sql, params) as cur:
+                async for r in cur:
+                    row = dict(r)
+                    if kind == "track":
+                        row["tags"] = json.loads(row["tags"]) if row["tags"] else None
+                        row.pop("file")
+                    elif kind == "upload":
+                        row.pop("file")
+                    yield kind, row
 
     # --- feedback windows -----------------------------------------------------------------
 

@@ -47,6 +47,10 @@ class UploadService:
         self.store = store
         self.limits = limits
 
+    async def list(self, guild_id: int | str) -> list[UploadRow]:
+        """A guild's uploads, oldest first (removing one: `PrivacyService.remove_upload`)."""
+        return await self.store.uploads(str(guild_id))
+
     def check_size(self, size_bytes: int) -> None:
         """`UploadRejected` (with the reason) when a file of this size is not taken: an
         attachment's declared size, checked before anything is downloaded."""

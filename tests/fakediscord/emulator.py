@@ -325,6 +325,44 @@ class FakeDiscord:
             resolved = self._resolve(guild_id, options)
             if resolved:
                 data["resolved"] = resolved
+        interaction = self._interaction(guild_id, channel_id, user_id, locale,
+                                        p.APPLICATION_COMMAND, data)
+        world.interactions[interaction["token"]] = InteractionState(payload=interaction)
+        await self.gateway.dispatch("INTERACTION_CREATE", interaction)
+        return interaction
+
+    async def click(self, message_id: int, custom_id: str, *, user_id: int | None = None
+                    ) -> JSON:
+        """A member presses the button `custom_id` on a message the bot sent (in a channel,
+        or ephemeral to them); returns the INTERACTION_CREATE body, like :meth:`slash_command`."""
+        user_id = user_id or self.ids.alice
+        world = self.world
+        owner = next((st for st in world.interactions.values() if message_id in st.ephemeral),
+                     None)
+        if owner is not None:
+            message = copy.deepcopy(owner.ephemeral[message_id])
+            ephemeral = {message_id: owner.ephemeral[message_id]}  # edits reach the original
+        elif message_id in world.messages:
+            message, ephemeral = world.message_view(message_id), {}
+        else:
+            raise ValueError(f"no message {message_id}")
+        channel_id = int(message["channel_id"])
+        guild_id = world.guild_of_channel(channel_id)
+        if guild_id is None:
+            raise ValueError("click needs a guild channel")
+        data: JSON = {"custom_id": custom_id, "component_type": p.COMPONENT_BUTTON}
+        interaction = self._interaction(guild_id, channel_id, user_id, "en-US",
+                                        p.MESSAGE_COMPONENT, data)
+        interaction["message"] = message
+        world.interactions[interaction["token"]] = InteractionState(payload=interaction,
+                                                                    ephemeral=ephemeral)
+        await self.gateway.dispatch("INTERACTION_CREATE", interaction)
+        return interaction
+
+    def _interaction(self, guild_id: int, channel_id: int, user_id: int, locale: str,
+                     kind: int, data: JSON) -> JSON:
+        """An INTERACTION_CREATE body as Discord sends it for a member in a guild channel."""
+        world = self.world
         member = world.member(guild_id, user_id)
         if member is None:
             raise ValueError(f"user {user_id} is not a member of guild {guild_id}")
@@ -333,10 +371,10 @@ class FakeDiscord:
             **copy.deepcopy(world.channels[channel_id]),
             "permissions": member["permissions"],
         }
-        interaction: JSON = {
+        return {
             "id": str(world.new_id()),
             "application_id": str(world.app_id),
-            "type": p.APPLICATION_COMMAND,
+            "type": kind,
             "data": data,
             "guild": {"id": str(guild_id), "locale": "en-US", "features": []},
             "guild_id": str(guild_id),
@@ -354,9 +392,6 @@ class FakeDiscord:
             "context": 0,
             "attachment_size_limit": ATTACHMENT_SIZE_LIMIT,
         }
-        world.interactions[interaction["token"]] = InteractionState(payload=interaction)
-        await self.gateway.dispatch("INTERACTION_CREATE", interaction)
-        return interaction
 
     def _command_id(self, name: str, guild_id: int) -> int:
         registered = self.world.guild_commands.get(guild_id, []) + self.world.global_commands
