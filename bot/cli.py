@@ -143,6 +143,20 @@ def build_parser() -> Parser:
     ex.add_argument("--member", type=member_arg, help="only this member's data")
     ex.add_argument("--out", required=True, type=Path, metavar="FILE")
 
+    bk = sub.add_parser("backup", help="a consistent snapshot of the data folder",
+                        description="Copy the database (SQLite's online backup: safe while the "
+                        "bot runs), the models, uploads and tracks into the new folder DIR, with "
+                        "a sha256 manifest written last: an interrupted backup leaves nothing "
+                        "that restores.")
+    bk.add_argument("dir", type=Path, metavar="DIR", help="a new (or empty) folder")
+    bk.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rs = sub.add_parser("restore", help="restore a backup into an empty data folder",
+                        description="Verify every file of the backup DIR against its manifest, "
+                        "then restore it into the data folder, which must be empty or missing. "
+                        "A damaged backup is refused with one line.")
+    rs.add_argument("dir", type=Path, metavar="DIR", help="a folder made by crowdtune backup")
+    rs.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     fb = sub.add_parser("feedback", help="ratings and listening time")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, parser_class=Parser)
     fi = fsub.add_parser(
@@ -320,6 +334,23 @@ async def _generate(settings: BotSettings, args: argparse.Namespace) -> int:
                                       f"({track.duration_s:.1f} s, model "
                                       f"{track.model_version}, seed {track.seed}, "
                                       f"tags {made_with})")
+    return 0
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.core.backup import backup, restore
+
+    if args.command == "backup":
+        report = backup(settings.data_dir, args.dir)
+        what = f"backed up {settings.data_dir} to {report.path}"
+    else:
+        report = restore(args.dir, settings.data_dir)
+        what = f"restored {args.dir} into {report.path}"
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(f"{what}: {report.files} files, {report.bytes / 1e6:.1f} MB in "
+              f"{report.seconds:.1f} s")
     return 0
 
 
@@ -548,6 +579,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_generate(settings, args))
     if args.command == "upload":
         return asyncio.run(_upload(settings, args))
+    if args.command in ("backup", "restore"):
+        return cmd_backup(settings, args)
     if args.command == "uploads":
         return asyncio.run(_uploads(settings, args))
     if args.command == "forget":

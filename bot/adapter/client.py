@@ -30,6 +30,7 @@ from bot.adapter.posting import (
     uploads_howto,
 )
 from bot.adapter.radio import PlayerFactory, Radio, VoicePlayer
+from bot.core.backup import scheduled_backup
 from bot.core.clock import Clock
 from bot.core.config import BotSettings
 from bot.core.errors import UserFacingError
@@ -175,6 +176,8 @@ class CrowdtuneBotMixin:
 
     async def setup_hook(self) -> None:
         self.scheduler.start()
+        if self.settings.backup_dir is not None:
+            self.scheduler.add_daily("backup", self.settings.backup_hour, self.daily_backup)
         for name in EXTENSIONS:
             await self.bot.load_extension(name)
         if self._sync_on_start:
@@ -292,6 +295,15 @@ class CrowdtuneBotMixin:
     def round_task(self, guild_id: str) -> asyncio.Task[RoundSummary | None] | None:
         task = self._rounds.get(str(guild_id))
         return task if task is not None and not task.done() else None
+
+    async def daily_backup(self) -> None:
+        """The scheduled backup (bot/core/backup.py), in a thread: it reads every file."""
+        s = self.settings
+        assert s.backup_dir is not None
+        report = await asyncio.to_thread(scheduled_backup, s.data_dir, s.backup_dir,
+                                         s.backup_keep)
+        log.info("daily backup: %d files, %.1f MB in %s", report.files, report.bytes / 1e6,
+                 report.path)
 
     def start_round(self, guild_id: int | str) -> asyncio.Task[RoundSummary | None]:
         """Run the guild's round in the background and post its report; `RoundBusy` if one

@@ -128,6 +128,11 @@ class BotSettings(Settings):
     # Where members can read the privacy notice (PRIVACY.md, published somewhere they can
     # open it); /forget-me and /my-data link it. Empty: they are told to ask a moderator.
     privacy_url: str = ""
+    # A daily backup (crowdtune backup) into a new dated folder under this one at this hour
+    # (UTC), keeping the newest `backup_keep`; unset: no scheduled backups.
+    backup_dir: Path | None = None
+    backup_keep: int = Field(default=7, ge=1)
+    backup_hour: int = Field(default=4, ge=0, le=23)
 
     @field_validator("sync_guilds")
     @classmethod

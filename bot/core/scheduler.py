@@ -97,6 +97,18 @@ class GuildScheduler:
                              name=f"scheduled posts of guild {gid}", **opts)
         return cfg
 
+    def add_daily(self, job_id: str, hour: int, job: Callable[[], Awaitable[None]]) -> None:
+        """A job every day at `hour`:00 UTC (the daily backup); a failure is logged."""
+        async def run() -> None:
+            try:
+                await job()
+            except Exception:
+                log.exception("the daily job %s failed", job_id)
+
+        self.aps.add_job(run, CronTrigger(hour=hour, minute=0, timezone=UTC), id=job_id,
+                         name=job_id, replace_existing=True, coalesce=True, max_instances=1,
+                         misfire_grace_time=None)
+
     def remove_guild(self, guild_id: int | str) -> None:
         for kind in ("round", "post"):
             self.remove_job(f"{kind}:{guild_id}")
