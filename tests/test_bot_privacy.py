@@ -3,13 +3,14 @@ moderators' /uploads list and /uploads remove."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
 
 from bot.core.store import ModelVersionRow
 from tests.bot_support import BotEnv, bot_env, content, ephemeral
-from tests.fakediscord import FakeDiscord
+from tests.fakediscord import FakeDiscord, expect_event
 from tests.fakediscord.payloads import option, subcommand
 
 
@@ -108,3 +109,23 @@ async def test_moderators_list_and_remove_uploads(fake_discord: FakeDiscord, tmp
         assert not Path(second.file).exists()
         text = await ask([subcommand("remove", [option("upload", second.id)])], emu.ids.alice)
         assert text == f"There is no upload #{second.id} in this server."
+
+
+async def test_removal_from_a_guild_starts_its_retention(fake_discord: FakeDiscord,
+                                                         tmp_path) -> None:
+    emu = fake_discord
+    gid = str(emu.ids.guild)
+    async with bot_env(emu, tmp_path, base=False) as env:
+        store = env.services.store
+        assert (await store.discord_guilds())[gid] is None
+        removed = await expect_event(env.bot, "guild_remove")
+        await emu.dispatch("GUILD_DELETE", {"id": gid})
+        await removed
+        assert (await store.discord_guilds())[gid] is not None
+        joined = await expect_event(env.bot, "guild_join")
+        invite = emu.world.guild_create(emu.ids.guild, intents=env.bot.intents.value)
+        invite.pop("unavailable", None)  # a join, not an outage ending
+        await emu.dispatch("GUILD_CREATE", invite)
+        await joined
+        await asyncio.sleep(0.1)  # on_guild_join's setup runs after the event
+        assert (await store.discord_guilds())[gid] is None

@@ -18,6 +18,7 @@ from bot.core.privacy import PrivacyService, UnknownUpload
 from bot.core.ratings import RatingService
 from bot.core.store import ModelVersionRow, Store
 from bot.core.uploads import UploadService
+from model.registry import ModelRegistry
 
 ALICE, BOB = "111111111111111111", "222222222222222222"
 
@@ -48,6 +49,10 @@ async def store(settings: BotSettings) -> AsyncIterator[Store]:
     await s.close()
 
 
+def privacy_service(settings: BotSettings, store: Store) -> PrivacyService:
+    return PrivacyService(store, settings, ModelRegistry(settings.models_dir))
+
+
 async def populate(settings: BotSettings, store: Store, songs: list[Path]) -> dict[str, int]:
     """Alice and Bob vote, listen and upload in g1; Alice also votes in g2."""
     fb = FeedbackService(store)
@@ -69,7 +74,7 @@ async def test_forget_deletes_a_members_rows_and_files_in_one_guild(settings, st
     alice_files = [Path(u.file) for u in await store.uploads("g1") if u.member_id == ALICE]
     assert len(alice_files) == 2 and all(f.is_file() for f in alice_files)
 
-    report = await PrivacyService(store).forget(ALICE, "g1")
+    report = await privacy_service(settings, store).forget(ALICE, "g1")
     assert (report.votes, report.listens, report.uploads, report.files_left) == (1, 1, 2, 0)
     assert not any(f.exists() for f in alice_files)
     assert [v.member_id for v in await store.votes(ids["t1"])] == [BOB]
@@ -83,13 +88,13 @@ async def test_forget_deletes_a_members_rows_and_files_in_one_guild(settings, st
     # Another guild is untouched when one guild is named.
     assert [v.member_id for v in await store.votes(ids["t2"])] == [ALICE]
     # Forgetting again finds nothing and fails nothing.
-    again = await PrivacyService(store).forget(ALICE, "g1")
+    again = await privacy_service(settings, store).forget(ALICE, "g1")
     assert (again.votes, again.listens, again.uploads) == (0, 0, 0)
 
 
 async def test_forget_everywhere_covers_every_guild(settings, store, songs):
     ids = await populate(settings, store, songs)
-    report = await PrivacyService(store).forget(ALICE)
+    report = await privacy_service(settings, store).forget(ALICE)
     assert set(report.guilds) == {"g1", "g2"} and report.votes == 2
     assert await store.votes(ids["t2"]) == []
     assert await store.member_guilds(ALICE) == []
@@ -99,7 +104,7 @@ async def test_forget_everywhere_covers_every_guild(settings, store, songs):
 async def test_reconciliation_does_not_bring_forgotten_votes_back(settings, store, songs):
     ids = await populate(settings, store, songs)
     ratings = RatingService(store, FeedbackService(store))
-    await PrivacyService(store).forget(ALICE, "g1")
+    await privacy_service(settings, store).forget(ALICE, "g1")
     # Her reaction is still on the post; the bot reads it back after a restart.
     await ratings.reconcile(ids["t1"], {5: [int(ALICE)], 2: [int(BOB)]})
     assert [v.member_id for v in await store.votes(ids["t1"])] == [BOB]
@@ -112,7 +117,7 @@ async def test_reconciliation_does_not_bring_forgotten_votes_back(settings, stor
 async def test_remove_upload(settings, store, songs):
     await populate(settings, store, songs)
     first, *_ = await store.uploads("g1")
-    privacy = PrivacyService(store)
+    privacy = privacy_service(settings, store)
     removed = await privacy.remove_upload("g1", first.id)
     assert removed.id == first.id and not Path(first.file).exists()
     assert first.id not in [u.id for u in await store.uploads("g1")]
@@ -124,7 +129,7 @@ async def test_remove_upload(settings, store, songs):
 
 async def test_export_a_member_and_a_guild(settings, store, songs):
     ids = await populate(settings, store, songs)
-    privacy = PrivacyService(store)
+    privacy = privacy_service(settings, store)
     mine = [json.loads(line) for line in await privacy.export_lines("g1", ALICE)]
     kinds = [r["kind"] for r in mine]
     assert kinds == ["track", "vote", "listen", "upload", "upload"]
@@ -187,3 +192,37 @@ def test_cli_uploads_forget_and_export(capsys, settings, songs, tmp_path, monkey
     assert code == 0 and export.read_text() == ""
     code, out, err = crowdtune(capsys, *base, "forget", "--guild", "g1", "--member", "a b")
     assert code == 2 and "invalid member" in err
+
+
+# --- retention: a guild the bot left ------------------------------------------------------
+
+
+async def test_a_departed_guild_is_kept_then_purged(settings, store, songs):
+    await populate(settings, store, songs)
+    registry = ModelRegistry(settings.models_dir)
+    (registry.guild_dir("g1") / "v0001").mkdir(parents=True)
+    (settings.tracks_dir / "g1").mkdir(parents=True)
+    privacy = privacy_service(settings, store)
+    day = 86400.0
+    await store.guild_joined("g1", "Guild One")
+    await store.guild_joined("g2", "Guild Two")
+    await store.guild_left("g1")
+    left = (await store.discord_guilds())["g1"]
+    assert left is not None and (await store.discord_guilds())["g2"] is None
+
+    # Within the retention period nothing goes, and a guild that returns keeps everything.
+    assert await privacy.purge_departed(now=left + 29 * day) == []
+    await store.guild_joined("g1", "Guild One")
+    assert await privacy.purge_departed(now=left + 31 * day) == []
+    assert len(await store.uploads("g1")) == 3
+
+    await store.guild_left("g1")
+    left = (await store.discord_guilds())["g1"]
+    assert await privacy.purge_departed(now=left + 31 * day) == ["g1"]
+    assert await store.uploads("g1") == [] and await store.tracks("g1") == []
+    assert await store.member_guilds(BOB) == []
+    assert "g1" not in await store.discord_guilds()
+    for folder in (settings.uploads_dir / "g1", settings.tracks_dir / "g1",
+                   registry.guild_dir("g1")):
+        assert not folder.exists()
+    assert await store.member_guilds(ALICE) == ["g2"]  # the other guild is untouched

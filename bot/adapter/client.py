@@ -44,6 +44,9 @@ from model.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
+# The daily job that purges guilds the bot left `guild_retention_days` ago (UTC hour).
+RETENTION_HOUR = 3
+
 EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.privacy", "cogs.moderation",
               "cogs.radio", "cogs.admin")
 GENERIC_ERROR = ("Something went wrong on my side; try again in a minute. If it keeps "
@@ -178,6 +181,7 @@ class CrowdtuneBotMixin:
         self.scheduler.start()
         if self.settings.backup_dir is not None:
             self.scheduler.add_daily("backup", self.settings.backup_hour, self.daily_backup)
+        self.scheduler.add_daily("retention", RETENTION_HOUR, self.purge_departed)
         for name in EXTENSIONS:
             await self.bot.load_extension(name)
         if self._sync_on_start:
@@ -189,6 +193,10 @@ class CrowdtuneBotMixin:
         log.info("logged in as %s (%s) in %d guild(s)", user, user.id if user else "?",
                  len(self.bot.guilds))
         self.guilds_ready.clear()
+        here = {str(g.id) for g in self.bot.guilds}
+        for gid, left_at in (await self.services.store.discord_guilds()).items():
+            if gid not in here and left_at is None:  # removed while the bot was offline
+                await self.services.store.guild_left(gid)
         for guild in self.bot.guilds:
             try:
                 await self.setup_guild(guild)
@@ -201,10 +209,13 @@ class CrowdtuneBotMixin:
 
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         self.scheduler.remove_guild(guild.id)
+        await self.services.store.guild_left(str(guild.id))
+        log.info("removed from guild %s: its data is kept %g days", guild.id,
+                 self.settings.guild_retention_days)
 
     async def setup_guild(self, guild: discord.Guild) -> None:
         """Record the guild, install its schedule and run a round missed while offline."""
-        await self.services.store.ensure_guild(str(guild.id), guild.name)
+        await self.services.store.guild_joined(str(guild.id), guild.name)
         await self.scheduler.add_guild(guild.id)
         await self.scheduler.run_due_round(guild.id)
 
@@ -295,6 +306,10 @@ class CrowdtuneBotMixin:
     def round_task(self, guild_id: str) -> asyncio.Task[RoundSummary | None] | None:
         task = self._rounds.get(str(guild_id))
         return task if task is not None and not task.done() else None
+
+    async def purge_departed(self) -> None:
+        """The daily retention job: guilds left long enough ago are deleted."""
+        await self.services.privacy.purge_departed()
 
     async def daily_backup(self) -> None:
         """The scheduled backup (bot/core/backup.py), in a thread: it reads every file."""

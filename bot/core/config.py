@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     round_timeout_s: float = Field(default=3600.0, gt=0)
     # Overrides of bot.rewards.RewardSettings fields, as JSON: {"listen_weight": 0.3}.
     reward: dict[str, float] = Field(default_factory=dict)
+    # A guild's data is kept this long after the bot is removed from it (a guild that returns
+    # meanwhile finds everything), then purged by the bot's daily job.
+    guild_retention_days: float = Field(default=30.0, ge=0)
 
     @property
     def db_path(self) -> Path:

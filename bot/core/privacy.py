@@ -1,4 +1,5 @@
-"""Members' data: forget a member, remove an upload, export what is stored.
+"""Members' data: forget a member, remove an upload, export what is stored, and purge a
+guild some time after the bot left it.
 
 One path for the bot (/forget-me, /upload remove, /my-data) and the CLI (`crowdtune forget`,
 `upload-remove`, `export`). Rows go first, then files: once the rows are gone nothing reads the
@@ -12,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.core.config import Settings
 from bot.core.errors import UserFacingError
 from bot.core.ids import is_valid_id
 from bot.core.store import Store, UploadRow
 from model.files import atomic_path
+from model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,24 @@ def _check_id(kind: str, value: str) -> str:
 
 
 class PrivacyService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settings: Settings, registry: ModelRegistry) -> None:
         self.store = store
+        self.settings = settings
+        self.registry = registry
+
+    async def purge_departed(self, now: float | None = None) -> list[str]:
+        """Delete every guild the bot left more than `guild_retention_days` ago: rows, then
+        uploads, tracks and model versions on disk. The guilds purged."""
+        days = self.settings.guild_retention_days
+        cutoff = (now if now is not None else self.store.now()) - days * 86400
+        purged = await self.store.guilds_left_before(cutoff)
+        for g in purged:
+            await self.store.delete_guild(g)
+            for folder in (self.settings.uploads_dir / g, self.settings.tracks_dir / g,
+                           self.registry.guild_dir(g)):
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+            log.info("guild %s: purged, %g days after the bot left it", g, days)
+        return purged
 
     async def forget(self, member_id: int | str, guild_id: int | str | None = None
                      ) -> ForgetReport:

@@ -47,7 +47,7 @@ class Services:
     def __post_init__(self) -> None:
         self.models = ModelService(self.registry)
         self.stats = StatsService(self.store, self.clock)
-        self.privacy = PrivacyService(self.store)
+        self.privacy = PrivacyService(self.store, self.settings, self.registry)
 
     @classmethod
     async def open(cls, settings: BotSettings, worker: GenerationWorker | None = None,

@@ -123,6 +123,9 @@ MIGRATIONS: list[str] = [
         forgotten_at REAL NOT NULL,
         PRIMARY KEY (guild_id, member_id)
     );
+    -- When the bot was removed from the guild (NULL while it is in it): its data is purged
+    -- CROWDTUNE_GUILD_RETENTION_DAYS later unless it comes back.
+    ALTER TABLE guilds ADD COLUMN left_at REAL;
     """,
 ]
 
@@ -327,6 +330,39 @@ class Store:
             "ON CONFLICT(id) DO UPDATE SET name = COALESCE(excluded.name, guilds.name)",
             (str(guild_id), name, self.now()),
         )
+        await self._commit()
+
+    async def guild_joined(self, guild_id: str, name: str | None) -> None:
+        """The bot is in the guild (again): recorded, and no longer due for a purge."""
+        await self.ensure_guild(guild_id, name)
+        await self.db.execute("UPDATE guilds SET left_at = NULL WHERE id = ?", (str(guild_id),))
+        await self._commit()
+
+    async def guild_left(self, guild_id: str) -> None:
+        """The bot was removed from the guild: the retention period starts (once)."""
+        await self.db.execute("UPDATE guilds SET left_at = ? WHERE id = ? AND left_at IS NULL",
+                              (self.now(), str(guild_id)))
+        await self._commit()
+
+    async def discord_guilds(self) -> dict[str, float | None]:
+        """Guilds the bot has seen on Discord (they have a name; the CLI's have none), and
+        when it left each (None: still in it)."""
+        async with self.db.execute(
+            "SELECT id, left_at FROM guilds WHERE name IS NOT NULL ORDER BY id") as cur:
+            return {r["id"]: r["left_at"] for r in await cur.fetchall()}
+
+    async def guilds_left_before(self, before: float) -> list[str]:
+        async with self.db.execute(
+            "SELECT id FROM guilds WHERE left_at IS NOT NULL AND left_at < ? ORDER BY id",
+            (before,)) as cur:
+            return [r["id"] for r in await cur.fetchall()]
+
+    async def delete_guild(self, guild_id: str) -> None:
+        """Every row of a guild (votes and listens go with its tracks)."""
+        g = str(guild_id)
+        for table in ("tracks", "uploads", "rounds", "model_versions", "forgotten"):
+            await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (g,))  # noqa: S608
+        await self.db.execute("DELETE FROM guilds WHERE id = ?", (g,))
         await self._commit()
 
     async def record_model_version(self, row: ModelVersionRow) -> None:
