@@ -162,3 +162,39 @@ def test_cli_backup_and_restore(capsys, tmp_path, song, monkeypatch):
     assert code == 2 and err.startswith("crowdtune: error: ") and "is not empty" in err
     code, _, err = crowdtune("--data-dir", "nowhere", "backup", "bk2")
     assert code == 2 and "nothing to back up" in err
+
+
+async def test_a_backup_taken_while_votes_are_written_has_every_committed_vote(tmp_path, song):
+    store = await fill(tmp_path / "data", song)
+    (track,) = await store.tracks("g")
+    feedback = FeedbackService(store)
+    committed: list[int] = []
+    stop = asyncio.Event()
+
+    async def vote_all_the_time() -> None:
+        i = 0
+        while not stop.is_set():
+            await feedback.record_vote(track.id, str(10_000 + i), 1 + i % 5)
+            committed.append(i)
+            i += 1
+
+    writer = asyncio.create_task(vote_all_the_time())
+    while len(committed) < 50:
+        await asyncio.sleep(0.01)
+    before = len(committed)
+    await asyncio.to_thread(backup, tmp_path / "data", tmp_path / "bk")
+    during = len(committed)
+    stop.set()
+    await writer
+    await store.close()
+    assert during > before  # votes were written while the backup ran
+
+    restore(tmp_path / "bk", tmp_path / "new")
+    restored = await Store.open(tmp_path / "new" / "crowdtune.sqlite3")
+    try:
+        voters = {v.member_id for v in await restored.votes(track.id)} - {"123456789"}
+    finally:
+        await restored.close()
+    # A consistent snapshot: every vote committed before it began, and a prefix of the rest.
+    assert len(voters) >= before
+    assert voters == {str(10_000 + i) for i in range(len(voters))}
