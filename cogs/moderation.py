@@ -21,6 +21,7 @@ from bot.adapter.client import CrowdtuneBot, UserFacingError
 from bot.core.domain import MAX_GENERATE_PER_HOUR, MAX_POSTS_PER_DAY, RoundStatus
 from bot.core.guild_config import GuildConfig
 from bot.core.rounds import RoundRow
+from bot.core.tag_policy import taste_lines
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class Moderation(commands.Cog):
                              f"{t.mean_stars:.2f} stars from {t.votes} vote(s) {link}".rstrip())
         else:
             lines.append("No rated tracks yet.")
+        lines += taste_lines(await self.bot.services.tracks.tag_policy(str(guild.id)))
         # How the guild's model fares against the baseline, round by round, since the start.
         periods, chart = await self.bot.services.rounds.ratings_chart(
             str(guild.id), f"stats-{interaction.user.id}")  # per moderator: no write races

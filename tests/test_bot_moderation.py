@@ -162,9 +162,15 @@ async def test_every_moderator_command(fake_discord: FakeDiscord, tmp_path,
         assert stats.splitlines()[5] == (
             f"1. Track #{track.id} (v0001): 4.50 stars from 2 vote(s) "
             f"https://discord.com/channels/{gid}/{ids.text_channel}/{message.id}")
+        # What the server likes: the tag policy learnt from that rated track's tags.
+        taste = stats.splitlines()[6:]
+        assert taste[0] == ("What this server likes (from 1 rated tracks; share of new "
+                            "tracks):")
+        assert [line.split(":")[0] for line in taste[1:6]] == [
+            "instrument", "mode", "tempo", "drums", "style"]
 
         synced = await ask(env, "sync", user_id=mod, deferred=True)
-        assert synced == f"Synced 9 commands to guild {gid}."
+        assert synced == f"Synced 12 commands to guild {gid}."
 
 
 HOWTO = ("📥 Share a song for this server's model to learn from: mention <@{bot}> in a post "

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     # since the last round: taste outlives a week, and each round's tracks cover less of it.
     # 0: only the round's own window.
     reward_history_days: float = Field(default=56.0, ge=0)
+    # Tracks nobody asked tags for draw them from the guild's learnt taste (Thompson sampling
+    # per field, bot/core/tag_policy.py), uniform with probability `tag_explore` so no value
+    # dies out; off: uniform tags.
+    tag_policy: bool = True
+    tag_explore: float = Field(default=0.2, ge=0, le=1)
     # Diffusion-DPO on preference pairs; off by default: at weight 0.5 (beta 2000) one round
     # from the shipped base cost -0.41 stars against -0.19 without (same data, measured).
     dpo_weight: float = Field(default=0.0, ge=0)

@@ -15,7 +15,9 @@ import numpy as np
 from bot.core.audio import encode
 from bot.core.config import Settings
 from bot.core.domain import Origin
+from bot.core.rewards import RewardSettings
 from bot.core.store import ModelVersionRow, Store
+from bot.core.tag_policy import PolicyConfig, TagPolicy
 from bot.core.worker import GenerationJob, GenerationWorker
 from model import tags as tagvocab
 from model.registry import ModelRegistry, VersionInfo
@@ -101,13 +103,26 @@ class TrackService:
         await self.store.record_model_version(version_row(info))
         return info
 
-    async def default_tags(self, guild: str, origin: Origin, seed: int) -> tagvocab.Tags:
-        """The tags a track is made with when nobody asked for any: the guild's policy.
+    async def tag_policy(self, guild: str) -> TagPolicy:
+        """The guild's taste over tags (bot/core/tag_policy.py), learnt from the rewards of
+        its tracks of the last `reward_history_days`; uniform with `tag_policy` off."""
+        s = self.settings
+        if not s.tag_policy:
+            return TagPolicy.fit([], PolicyConfig(explore=1.0))
+        since = self.store.now() - s.reward_history_days * 86400 if s.reward_history_days else None
+        feedback = await self.store.track_feedback(guild, since=since)
+        return TagPolicy.from_feedback(feedback, RewardSettings(**s.reward),
+                                       PolicyConfig(explore=s.tag_explore))
 
-        Drawn from the track's seed, so a seed reproduces its tags. Uniform over each field
-        until guilds learn their own taste; the baseline arm stays uniform even then, so it
-        measures where the guild started."""
-        return tagvocab.uniform(random.Random(seed))
+    async def default_tags(self, guild: str, origin: Origin, seeds: Sequence[int]
+                           ) -> list[tagvocab.Tags]:
+        """The tags tracks are made with when nobody asked for any, one set per seed (a
+        seed reproduces its tags given the same ratings): drawn from the guild's policy; the
+        baseline arm stays uniform, so it measures where the guild started."""
+        if origin == Origin.BASELINE:
+            return [tagvocab.uniform(random.Random(s)) for s in seeds]
+        policy = await self.tag_policy(guild)
+        return [policy.draw(random.Random(s)) for s in seeds]
 
     async def generate(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
@@ -131,8 +146,8 @@ class TrackService:
                 raise ValueError(f"guild {guild} has no uploads to seed generation from")
             rng = random.Random(first)
             seed_audio = tuple(u.file for u in rng.sample(uploads, min(4, len(uploads))))
-        per_track = [asked if asked is not None else await self.default_tags(guild, origin, s)
-                     for s in seeds]
+        per_track = ([asked] * n if asked is not None
+                     else await self.default_tags(guild, origin, seeds))
         job = GenerationJob(model_dir=str(self.registry.version_dir(guild, info.version)),
                             seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps,
                             seed_audio=seed_audio,

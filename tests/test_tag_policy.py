@@ -1,0 +1,77 @@
+"""The guild's taste over tags: Thompson sampling per field with an exploration floor."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from bot.core.config import Settings
+from bot.core.domain import Origin
+from bot.core.feedback import FeedbackService
+from bot.core.store import ModelVersionRow, Store
+from bot.core.tag_policy import PolicyConfig, TagPolicy
+from bot.core.tracks import TrackService
+from model import tags as tagvocab
+from model.registry import ModelRegistry
+
+
+def liked_piano(n: int, seed: int = 0) -> list[tuple[dict[str, str], float]]:
+    """n tracks with uniform tags; piano ones are rewarded, the rest a little below."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tags = tagvocab.uniform(rng)
+        out.append((tags, (1.0 if tags["instrument"] == "piano" else -0.3) + rng.gauss(0, .5)))
+    return out
+
+
+def test_a_liked_value_is_served_more_and_no_value_dies_out():
+    policy = TagPolicy.fit(liked_piano(200), PolicyConfig(explore=0.2))
+    prefs = policy.preferences(draws=4000)
+    instruments = prefs["instrument"]
+    assert max(instruments, key=instruments.get) == "piano" and instruments["piano"] > 0.7
+    floor = 0.2 / len(tagvocab.VOCAB["instrument"])
+    assert min(instruments.values()) >= 0.6 * floor  # the exploration floor, give or take
+    # Fields the reward does not depend on stay spread out.
+    assert max(prefs["mode"].values()) < 0.8
+    assert policy.rated == 200
+
+
+def test_without_ratings_every_value_is_as_likely():
+    prefs = TagPolicy.fit([]).preferences(draws=8000)
+    for field, values in tagvocab.VOCAB.items():
+        for value in values:
+            assert prefs[field][value] == pytest.approx(1 / len(values), abs=0.03), (field, value)
+
+
+def test_draws_are_reproducible_from_the_seed_and_valid():
+    policy = TagPolicy.fit(liked_piano(50))
+    first = [policy.draw(random.Random(s)) for s in range(20)]
+    assert first == [policy.draw(random.Random(s)) for s in range(20)]
+    for tags in first:
+        assert tagvocab.validate(tags) == tags and set(tags) == set(tagvocab.VOCAB)
+
+
+async def test_the_track_service_learns_the_guilds_taste_but_not_for_the_baseline(tmp_path: Path):
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    async with await Store.open(settings.db_path) as store:
+        await store.record_model_version(ModelVersionRow("g", "v0001", None, "x", "base", 0.0))
+        feedback = FeedbackService(store)
+        rng = random.Random(1)
+        for i in range(60):  # members love minor-key tracks and dislike major ones
+            tags = tagvocab.uniform(rng)
+            t = await store.add_track("g", "v0001", "generated", 20.0, seed=i, tags=tags)
+            for m in range(3):
+                await feedback.record_vote(t, f"m{m}", 5 if tags["mode"] == "minor" else 2)
+        tracks = TrackService(settings, store, ModelRegistry(settings.models_dir), None)  # type: ignore[arg-type]
+        drawn = await tracks.default_tags("g", Origin.GENERATED, range(400))
+        minor = sum(t["mode"] == "minor" for t in drawn) / len(drawn)
+        assert minor > 0.8
+        baseline = await tracks.default_tags("g", Origin.BASELINE, range(400))
+        assert 0.4 < sum(t["mode"] == "minor" for t in baseline) / 400 < 0.6
+        tracks.settings = Settings(_env_file=None, data_dir=tmp_path,  # type: ignore[call-arg]
+                                   tag_policy=False)
+        off = await tracks.default_tags("g", Origin.GENERATED, range(400))
+        assert 0.4 < sum(t["mode"] == "minor" for t in off) / 400 < 0.6
