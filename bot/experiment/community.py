@@ -371,6 +371,21 @@ class Community:
         """Expected mean star of the whole community, noise-free."""
         return float(self.expected_matrix([features]).mean())
 
+    # The interface the simulation drives (bot.experiment.ear.EarCommunity has it too).
+    def hear(self, audio: np.ndarray) -> AudioFeatures:
+        return extract(audio, SAMPLE_RATE)
+
+    def listen_seconds(self, member: Member, features: AudioFeatures, duration_s: float,
+                       rng: np.random.Generator) -> float:
+        return listen_seconds(member, features, duration_s, rng)
+
+    def will_upload(self, member: Member, rng: np.random.Generator) -> bool:
+        return will_upload(member, rng)
+
+    def make_upload(self, member: Member, rng: np.random.Generator, seconds: float = 20.0,
+                    cache_dir: object = None) -> np.ndarray:
+        return make_upload(member, rng, seconds)
+
 
 @lru_cache(maxsize=4)
 def _default_community(seed: int) -> Community:

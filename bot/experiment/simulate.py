@@ -36,8 +36,8 @@ from bot.core.report import (
     round_stats,
 )
 from bot.core.services import Services
-from bot.core.tracks import GeneratedTrack
-from bot.experiment.community import Community, listen_seconds, make_upload, will_upload
+from bot.experiment.community import Community
+from bot.experiment.ear import EarCommunity, load_ear
 from model.features import AudioFeatures, diversity, extract
 from model.finetune import load_audio
 
@@ -62,6 +62,11 @@ class SimConfig:
     use_stars: bool = True
     use_listening: bool = True
     settings: dict = field(default_factory=dict)  # overrides of Settings, for ablations
+    # "ear": members like tags and hear through their own listener model (bot/experiment/
+    # ear.py); "features": the older community whose taste is over the spectral statistics
+    # the reward model reads (bot/experiment/community.py), kept as an ablation row.
+    community: str = "ear"
+    factions: bool = False  # ear only: half the members want the opposite tempo and drums
 
     @classmethod
     def quick(cls, **kw: object) -> SimConfig:
@@ -95,12 +100,15 @@ class PassResult:
     promoted: bool | None = None
     reason: str = ""
     round_seconds: float = 0.0
+    factions: dict[int, float] = field(default_factory=dict)  # expected stars per faction
 
     def row(self) -> dict:
         stats = round_stats(self.ratings)
         return {**stats, "version": self.version, "expected_new": round(self.expected_new, 3),
                 **{k: round(v, 3) for k, v in self.taste.items()},
                 "diversity": round(self.diversity, 3), "promoted": self.promoted,
+                **({"faction_expected": {str(k): round(v, 3) for k, v in self.factions.items()}}
+                   if self.factions else {}),
                 "reason": self.reason, "round_seconds": round(self.round_seconds, 1)}
 
 
@@ -151,7 +159,14 @@ class Simulation:
             **cfg.settings,
         })
         self.rng = np.random.default_rng(cfg.seed)
-        self.community = Community(seed=cfg.seed, n_members=cfg.members)
+        if cfg.community == "ear":
+            self.community: Community | EarCommunity = EarCommunity(
+                load_ear(self.settings.cache_dir), seed=cfg.seed, n_members=cfg.members,
+                factions=cfg.factions)
+        elif cfg.community == "features":
+            self.community = Community(seed=cfg.seed, n_members=cfg.members)
+        else:
+            raise ValueError(f"unknown community {cfg.community!r}: ear or features")
         self._sd: np.ndarray | None = None  # the first pass's feature spread
 
     async def run(self, base_dir: Path) -> SimResult:
@@ -193,22 +208,25 @@ class Simulation:
             self.say(f"pass {k}: generating {self.cfg.tracks_per_round} tracks")
             made = await self.services.tracks.generate_mix(GUILD, self.cfg.tracks_per_round,
                                                            seed=seed)
-        feats = [self._features(t) for t in made]
-        stars = self.community.rate_tracks(feats, self.rng)
-        heard = self.rng.random(stars.shape) < self.cfg.participation
+        audios = [load_audio(t.path, 16000) for t in made]  # what members hear: the files
+        feats = [extract(a, 16000) for a in audios]
+        heard = [self.community.hear(a) for a in audios]
+        stars = self.community.rate_tracks(heard, self.rng)
+        present = self.rng.random(stars.shape) < self.cfg.participation
         ratings: dict[str, list[float]] = {}
         play = self.services.clock().timestamp()
         feedback = self.services.feedback
-        for i, (track, f) in enumerate(zip(made, feats, strict=True)):
+        for i, (track, h) in enumerate(zip(made, heard, strict=True)):
             for j, member in enumerate(self.community.members):
-                if not heard[i, j]:
+                if not present[i, j]:
                     continue
                 await feedback.record_vote(track.track_id, member.id, int(stars[i, j]))
-                secs = listen_seconds(member, f, track.duration_s, self.rng)
+                secs = self.community.listen_seconds(member, h, track.duration_s, self.rng)
                 await feedback.record_listen(track.track_id, member.id, play + i, 0.0, secs,
                                              True)
                 ratings.setdefault(track.origin, []).append(float(stars[i, j]))
         new_feats = [f for t, f in zip(made, feats, strict=True) if t.origin == GENERATED]
+        new_heard = [h for t, h in zip(made, heard, strict=True) if t.origin == GENERATED]
         vecs = np.stack([f.vector() for f in new_feats])
         if self._sd is None:  # diversity in units of the first pass's spread: passes compare
             self._sd = vecs.std(0) + 1e-6
@@ -216,24 +234,23 @@ class Simulation:
         version = next(t.model_version for t in made if t.origin == GENERATED)
         result = PassResult(
             round=k, version=version, ratings=RoundRatings(round=k, ratings=ratings),
-            expected_new=float(np.mean([self.community.score(f) for f in new_feats])),
-            taste=_taste(new_feats), diversity=diversity(z))
+            expected_new=float(np.mean([self.community.score(h) for h in new_heard])),
+            taste=_taste(new_feats), diversity=diversity(z),
+            factions=(self.community.faction_scores(new_heard)
+                      if isinstance(self.community, EarCommunity) else {}))
         new_m, _, _ = mean_ci(ratings.get(GENERATED, []))
         base_m, _, _ = mean_ci(ratings.get(BASELINE, []))
         self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars")
         return result
 
-    def _features(self, track: GeneratedTrack) -> AudioFeatures:
-        audio = load_audio(track.path, 16000)  # what members hear: the encoded file
-        return extract(audio, 16000)
-
     async def _uploads(self, k: int) -> None:
         folder = self.workdir / "incoming"
         folder.mkdir(parents=True, exist_ok=True)
         for member in self.community.members:
-            if not will_upload(member, self.rng):
+            if not self.community.will_upload(member, self.rng):  # type: ignore[arg-type]
                 continue
-            song = make_upload(member, self.rng, seconds=20.0)
+            song = self.community.make_upload(member, self.rng, 20.0,  # type: ignore[arg-type]
+                                              cache_dir=self.settings.cache_dir)
             path = encode(song, 16000, folder / f"song-{k}-{member.id}.mp3", "mp3")
             await self.services.uploads.ingest(GUILD, str(member.id), path, f"my song {k}.mp3")
 
