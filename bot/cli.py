@@ -197,6 +197,13 @@ def build_parser() -> Parser:
     sim.add_argument("--final", type=positive_int(10_000), help="tracks per arm at the end")
     sim.add_argument("--members", type=positive_int(1000))
     sim.add_argument("--steps", type=positive_int(100_000), help="fine-tuning steps a round")
+    sim.add_argument("--community", choices=("ear", "features"), default=None,
+                     help="ear (default): members like tags and hear through their own "
+                     "listener model; features: the older community whose taste is over the "
+                     "spectral statistics the reward model reads")
+    sim.add_argument("--factions", action="store_true",
+                     help="half the members want fast tracks with drums, half slow ones "
+                     "without (ear community)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", type=Path, default=Path("out/simulation"),
                      help="folder for the table (markdown), plot (PNG) and JSON")
@@ -482,7 +489,9 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
         raise UserError("no base model yet: run `crowdtune pretrain` first")
     flags = {k: v for k, v in {"rounds": args.rounds, "tracks_per_round": args.tracks,
                                 "final_per_arm": args.final, "members": args.members,
-                                "finetune_steps": args.steps, "seed": args.seed}.items()
+                                "finetune_steps": args.steps, "seed": args.seed,
+                                "community": args.community,
+                                "factions": args.factions or None}.items()
              if v is not None}
     cfg = SimConfig.quick(**flags) if args.quick else SimConfig(**flags)
     variants = ABLATIONS if args.ablation else {"": {}}

@@ -59,8 +59,9 @@ def test_members_rate_by_what_the_ear_hears(monkeypatch):
     worst = VALUES[block[int(np.argmin(shared[block]))]][1]
     rows = {}
     for name in (best, worst):
+        certain = beliefs_for({"instrument": name})
         monkeypatch.setattr(community.ear, "beliefs",
-                            lambda hs, n=name: np.repeat(beliefs_for({"instrument": n}), len(hs), 0))
+                            lambda hs, c=certain: np.repeat(c, len(hs), 0))
         rows[name] = community.expected_matrix([h])[0]
     assert rows[best].mean() > rows[worst].mean() + 0.5
     assert np.mean(rows[best] > rows[worst]) >= 0.75

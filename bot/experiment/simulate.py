@@ -86,6 +86,8 @@ ABLATIONS: dict[str, dict] = {
     "plain reward-weighted (paper)": {"settings": {
         "finetune_track_share": 0.65, "finetune_upload_share": 0.1,
         "finetune_guide_min_corr": 1.1}},
+    "no tag policy": {"settings": {"tag_policy": False}},
+    "spectral-feature community": {"community": "features"},
 }
 
 
