@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,10 @@ def test_cli_uploads_forget_and_export(capsys, settings, songs, tmp_path, monkey
     assert code == 0 and export.read_text() == ""
     code, out, err = crowdtune(capsys, *base, "forget", "--guild", "g1", "--member", "a b")
     assert code == 2 and "invalid member" in err
+    code, out, err = crowdtune(capsys, *base, "compact", "--older-than", "1", "--json")
+    assert code == 0 and json.loads(out) == {"older_than_days": 1.0, "rows_merged": 0}
+    code, out, err = crowdtune(capsys, *base, "compact", "--older-than", "0")
+    assert code == 2 and "more than 0 days" in err
 
 
 # --- retention: a guild the bot left ------------------------------------------------------
@@ -226,3 +231,33 @@ async def test_a_departed_guild_is_kept_then_purged(settings, store, songs):
                    registry.guild_dir("g1")):
         assert not folder.exists()
     assert await store.member_guilds(ALICE) == ["g2"]  # the other guild is untouched
+
+
+# --- compaction of old listening ----------------------------------------------------------
+
+
+async def test_compacting_old_listening_keeps_what_rewards_read(settings, store):
+    fb = FeedbackService(store)
+    t1 = await store.add_track("g1", "v0001", "generated", 30.0, seed=1)
+    # Alice heard it in three plays, overlapping; Bob was only present at a start.
+    for play, (start, end) in enumerate(((0, 10), (5, 12), (20, 25))):
+        await fb.record_listen(t1, ALICE, 1000.0 + play, start, end, play == 1)
+    await fb.record_listen(t1, BOB, 1000.0, 0.0, 0.0, True)
+    await fb.record_listen(t1, BOB, 2000.0, 3.0, 3.0, False)
+    before = {r.member_id: (r.listened_s, r.present_at_start)
+              for r in await store.listen_totals([t1])}
+    assert before[ALICE] == (17.0, True)
+
+    assert await fb.compact(older_than_days=1) == 0  # all recorded just now: nothing is old
+    store.clock = lambda: datetime.now(UTC) + timedelta(days=2)  # noqa: E731 (two days on)
+    assert await fb.compact(older_than_days=1) == 2  # alice 3 -> 2 runs, bob 2 -> 1
+    after = {r.member_id: (r.listened_s, r.present_at_start)
+             for r in await store.listen_totals([t1])}
+    assert after == before
+    assert [(r.start_s, r.end_s) for r in await store.listens(t1) if r.member_id == ALICE] == [
+        (0.0, 12.0), (20.0, 25.0)]
+    # A later play adds exactly what it adds.
+    await fb.record_listen(t1, ALICE, 9000.0, 11.0, 22.0, False)
+    (alice,) = [r for r in await store.listen_totals([t1]) if r.member_id == ALICE]
+    assert alice.listened_s == 25.0
+    assert await fb.compact(older_than_days=1) == 0  # alice has a fresh row: left alone

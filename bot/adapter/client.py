@@ -44,8 +44,9 @@ from model.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
-# The daily job that purges guilds the bot left `guild_retention_days` ago (UTC hour).
-RETENTION_HOUR = 3
+# The daily upkeep (UTC hour): guilds left `guild_retention_days` ago are purged, old
+# listening is compacted.
+UPKEEP_HOUR = 3
 
 EXTENSIONS = ("cogs.tracks", "cogs.ratings", "cogs.uploads", "cogs.privacy", "cogs.moderation",
               "cogs.radio", "cogs.admin")
@@ -181,7 +182,7 @@ class CrowdtuneBotMixin:
         self.scheduler.start()
         if self.settings.backup_dir is not None:
             self.scheduler.add_daily("backup", self.settings.backup_hour, self.daily_backup)
-        self.scheduler.add_daily("retention", RETENTION_HOUR, self.purge_departed)
+        self.scheduler.add_daily("upkeep", UPKEEP_HOUR, self.daily_upkeep)
         for name in EXTENSIONS:
             await self.bot.load_extension(name)
         if self._sync_on_start:
@@ -307,9 +308,11 @@ class CrowdtuneBotMixin:
         task = self._rounds.get(str(guild_id))
         return task if task is not None and not task.done() else None
 
-    async def purge_departed(self) -> None:
-        """The daily retention job: guilds left long enough ago are deleted."""
+    async def daily_upkeep(self) -> None:
         await self.services.privacy.purge_departed()
+        if self.settings.listen_compact_days:
+            merged = await self.services.feedback.compact(self.settings.listen_compact_days)
+            log.info("upkeep: %d old listening rows merged", merged)
 
     async def daily_backup(self) -> None:
         """The scheduled backup (bot/core/backup.py), in a thread: it reads every file."""

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # A guild's data is kept this long after the bot is removed from it (a guild that returns
     # meanwhile finds everything), then purged by the bot's daily job.
     guild_retention_days: float = Field(default=30.0, ge=0)
+    # Listening recorded longer ago than this is merged, per track and member, into the
+    # disjoint runs rewards read (the same totals, fewer rows); 0: never.
+    listen_compact_days: float = Field(default=90.0, ge=0)
 
     @property
     def db_path(self) -> Path:

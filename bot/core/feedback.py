@@ -124,6 +124,11 @@ class FeedbackService:
 
     # --- what the bot calls ---------------------------------------------------------------
 
+    async def compact(self, older_than_days: float) -> int:
+        """Merge listening recorded more than `older_than_days` ago into what rewards read
+        (Store.compact_listens); how many rows went."""
+        return await self.store.compact_listens(self.store.now() - older_than_days * 86400)
+
     async def record_vote(self, track_id: int, member_id: int | str, stars: int) -> bool:
         """A member's 1-5 rating of a track (replacing theirs); True if anything changed."""
         member = member_key(member_id)

@@ -36,6 +36,20 @@ class ListenInterval:
         return max(0.0, self.end - self.start)
 
 
+def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The disjoint runs covering the union of `(start, end)` intervals, in order; empty,
+    reversed and NaN intervals are ignored."""
+    # `e > s` is False for NaN, so NaNs drop out before sorting.
+    spans = sorted((s, e) for s, e in intervals if e > s)
+    merged: list[tuple[float, float]] = []
+    for s, e in spans:
+        if merged and s <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+        else:
+            merged.append((s, e))
+    return merged
+
+
 def union_seconds(
     intervals: Iterable[tuple[float, float]], duration_s: float, track_start: float = 0.0
 ) -> float:
@@ -46,19 +60,8 @@ def union_seconds(
     intervals are ignored; the result is never more than `duration_s`.
     """
     lo, hi = track_start, track_start + max(0.0, duration_s)
-    # `e > s` is False for NaN, so NaNs drop out before sorting.
-    spans = sorted((s, e) for s, e in ((max(a, lo), min(b, hi)) for a, b in intervals) if e > s)
-    if not spans:
-        return 0.0
-    total = 0.0
-    cur_s, cur_e = spans[0]
-    for s, e in spans[1:]:
-        if s > cur_e:  # a gap: bank the merged run, start a new one
-            total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + (cur_e - cur_s)
+    clipped = ((max(a, lo), min(b, hi)) for a, b in intervals)
+    return sum(e - s for s, e in merge_intervals(clipped))
 
 
 def listened_seconds(

@@ -18,7 +18,7 @@ import aiosqlite
 
 from bot.core.clock import Clock, system_clock
 from bot.core.domain import MAX_STARS, MIN_STARS, Origin, RoundStatus
-from bot.core.listening import union_seconds
+from bot.core.listening import merge_intervals, union_seconds
 
 ORIGINS = tuple(o.value for o in Origin)  # as written in the CHECK constraints below
 ROUND_STATUSES = tuple(s.value for s in RoundStatus)
@@ -484,6 +484,37 @@ class Store:
         )
         await self._commit()
         return cur.rowcount > 0
+
+    async def compact_listens(self, before: float) -> int:
+        """Replace each (track, member)'s listen rows, when all were recorded before
+        `before` and there are several, by the disjoint runs of their union: what rewards
+        read (seconds listened over every play, presence at a start) is unchanged, and a
+        later listen still adds exactly what it adds. How many rows went."""
+        async with self.db.execute(
+            "SELECT track_id, member_id FROM listens GROUP BY track_id, member_id "
+            "HAVING COUNT(*) > 1 AND MAX(recorded_at) < ?", (before,)
+        ) as cur:
+            pairs = [(r["track_id"], r["member_id"]) for r in await cur.fetchall()]
+        removed = 0
+        for track_id, member_id in pairs:
+            key = (track_id, member_id)
+            async with self.db.execute(
+                "SELECT start_s, end_s, present_at_start, recorded_at FROM listens "
+                "WHERE track_id = ? AND member_id = ?", key
+            ) as cur:
+                rows = list(await cur.fetchall())
+            runs = merge_intervals((r["start_s"], r["end_s"]) for r in rows) or [(0.0, 0.0)]
+            present = max(r["present_at_start"] for r in rows)
+            at = max(r["recorded_at"] for r in rows)
+            await self.db.execute("DELETE FROM listens WHERE track_id = ? AND member_id = ?",
+                                  key)
+            await self.db.executemany(
+                "INSERT INTO listens (track_id, member_id, play_started_at, start_s, end_s, "
+                "present_at_start, recorded_at) VALUES (?, ?, 0, ?, ?, ?, ?)",
+                [(track_id, member_id, s, e, present, at) for s, e in runs])
+            await self._commit()  # per pair: each is consistent on its own
+            removed += len(rows) - len(runs)
+        return removed
 
     async def listens(self, track_id: int) -> list[ListenRow]:
         async with self.db.execute(
