@@ -222,6 +222,10 @@ def build_parser() -> Parser:
     ml = msub.add_parser("list", help="versions, newest last")
     ml.add_argument("--guild", required=True, type=guild_arg)
     ml.add_argument("--json", action="store_true")
+    mp = msub.add_parser("pin", help="keep a version through pruning (or --unpin)")
+    mp.add_argument("--guild", required=True, type=guild_arg)
+    mp.add_argument("version", help="e.g. v0003")
+    mp.add_argument("--unpin", action="store_true", help="no longer keep it for that reason")
     mr = msub.add_parser("rollback", help="make the previous (or a named) version active")
     mr.add_argument("--guild", required=True, type=guild_arg)
     mr.add_argument("--to", help="version to activate, e.g. v0002 (default: the parent)")
@@ -552,6 +556,11 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
 
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     registry = ModelRegistry(settings.models_dir)
+    if args.model_command == "pin":
+        registry.pin(args.guild, args.version, pinned=not args.unpin)
+        console.print(f"guild {args.guild}: {args.version} "
+                      f"{'is no longer pinned' if args.unpin else 'is pinned: always kept'}")
+        return 0
     if args.model_command == "rollback":
         info = registry.rollback(args.guild, args.to)
         console.print(f"guild {args.guild}: {info.version} is active again")
@@ -560,21 +569,23 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     if not versions:
         raise UserError(f"guild {args.guild} has no model versions yet")
     active = registry.active_name(args.guild)
+    kept = registry.kept(args.guild, settings.keep_recent_versions)
     if args.json:
         for v in versions:
             print(json.dumps({"version": v.version, "parent": v.parent, "active": v.version ==
                               active, "created_at": v.created_at, "source": v.source,
-                              "note": v.note}))
+                              "note": v.note, "kept": kept.get(v.version, [])}))
         return 0
     table = Table(title=f"guild {args.guild} models")
-    for col in ("version", "parent", "source", "created", "active", "note"):
+    for col in ("version", "parent", "source", "created", "active", "kept because", "note"):
         table.add_column(col)
     import datetime as dt
 
     for v in versions:
         created = dt.datetime.fromtimestamp(v.created_at).strftime("%Y-%m-%d %H:%M")
         table.add_row(v.version, v.parent or "-", v.source, created,
-                      "*" if v.version == active else "", v.note)
+                      "*" if v.version == active else "",
+                      ", ".join(kept.get(v.version, [])) or "pruned next round", v.note)
     Console().print(table)
     return 0
 

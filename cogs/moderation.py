@@ -172,8 +172,19 @@ class Moderation(commands.Cog):
             mark = " ← active" if v.version == active else ""
             parent = f" from {v.parent}" if v.parent else ""
             note = f" - {v.note}" if v.note else ""
-            lines.append(f"`{v.version}` {v.source}{parent}, {when(v.created_at)}{note}{mark}")
+            why = ", ".join(overview.kept.get(v.version, [])) or "pruned after the next round"
+            lines.append(f"`{v.version}` {v.source}{parent}, {when(v.created_at)}{note}{mark} "
+                         f"(kept: {why})")
         await self._reply(interaction, "\n".join(lines)[:1900])
+
+    @model_group.command(name="pin", description="Always keep a model version (or unpin it)")
+    @app_commands.describe(version="e.g. v0003", unpin="Stop keeping it for being pinned")
+    async def model_pin(self, interaction: discord.Interaction, version: str,
+                        unpin: bool = False) -> None:
+        assert interaction.guild is not None
+        await self.bot.services.models.pin(interaction.guild.id, version, pinned=not unpin)
+        await self._reply(interaction, f"**{version}** is no longer pinned." if unpin else
+                          f"**{version}** is pinned: it is kept whatever rounds prune.")
 
     @model_group.command(name="rollback", description="Go back to the previous (or a named) "
                          "model version")

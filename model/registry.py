@@ -10,7 +10,13 @@ A version folder is written under a temporary name and renamed into place, so a 
 leaves a half-written version; `version.json` records its parent, creation time and the
 sha256 of every file, which is checked before a version is promoted or loaded. Promotion and
 rollback rewrite ACTIVE with os.replace: readers see the old or the new version, never
-neither.
+neither. Weights are stored in half precision (half the disk; loading casts them back to
+the compute dtype).
+
+Retention (`prune`): a guild keeps its active version and its ancestors back to v0001 (the
+way back, and the base the baseline arm plays), its newest `keep_recent` versions and the
+versions a moderator pinned (PINNED, one name a line); the rest are deleted. Version numbers
+are never reused: the newest version is always kept.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from model.files import atomic_dir, sha256_file, write_text_atomic
 log = logging.getLogger(__name__)
 
 META = "version.json"
+PINNED = "PINNED"
 
 
 class CheckpointError(Exception):
@@ -151,6 +158,8 @@ class ModelRegistry:
         with atomic_dir(gdir / version) as tmp:
             shutil.copytree(source_dir, tmp, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns(META, "*.tmp"))
+            for weights in tmp.rglob("*.safetensors"):
+                to_half(weights)
             info = VersionInfo(
                 guild=str(guild), version=version, parent=parent, created_at=time.time(),
                 files=hash_folder(tmp), source=source, note=note, metrics=metrics or {},
@@ -170,6 +179,48 @@ class ModelRegistry:
         self.promote(guild, info.version)
         return info
 
+    # --- retention ------------------------------------------------------------------------
+
+    def pinned(self, guild: str | int) -> list[str]:
+        path = self.guild_dir(guild) / PINNED
+        return path.read_text().split() if path.is_file() else []
+
+    def pin(self, guild: str | int, version: str, pinned: bool = True) -> None:
+        """Keep `version` whatever `prune` would do (or, with pinned=False, no longer)."""
+        self.info(guild, version)  # RegistryError for a version that is not there
+        names = [v for v in self.pinned(guild) if v != version] + ([version] if pinned else [])
+        write_text_atomic(self.guild_dir(guild) / PINNED, "".join(f"{v}\n" for v in names))
+
+    def kept(self, guild: str | int, keep_recent: int) -> dict[str, list[str]]:
+        """Each version `prune` keeps, with why: active, ancestor, recent, pinned."""
+        versions = {v.version: v for v in self.versions(guild)}
+        why: dict[str, list[str]] = {}
+        name = self.active_name(guild)
+        reason = "active"
+        while name in versions and name not in why:
+            why[name] = [reason]
+            name, reason = versions[name].parent, "ancestor"
+        for name in sorted(versions)[-keep_recent:] if keep_recent > 0 else []:
+            why.setdefault(name, []).append("recent")
+        for name in self.pinned(guild):
+            if name in versions:
+                why.setdefault(name, []).append("pinned")
+        return why
+
+    def prune(self, guild: str | int, keep_recent: int) -> list[str]:
+        """Delete the versions `kept` does not list; their names."""
+        if keep_recent < 1:
+            raise ValueError("keep_recent must be at least 1: version numbers are not reused")
+        kept = self.kept(guild, keep_recent)
+        gone = [v.version for v in self.versions(guild) if v.version not in kept]
+        for name in gone:
+            # Renamed first, so a crash mid-delete never leaves a half version in the list.
+            doomed = self.guild_dir(guild) / f".pruned-{name}"
+            self.version_dir(guild, name).rename(doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            log.info("guild %s: pruned model %s", guild, name)
+        return gone
+
     def promote(self, guild: str | int, version: str) -> None:
         problem = self.verify(guild, version)
         if problem is not None:
@@ -188,5 +239,23 @@ class ModelRegistry:
                                 "there is nothing to roll back to")
         if target == current:
             raise RegistryError(f"{current} is already active")
+        if not self.version_dir(guild, target).is_dir():
+            raise RegistryError(f"guild {guild} has no model version {target} (pruned "
+                                "versions cannot come back; see the versions kept)")
         self.promote(guild, target)
         return self.info(guild, target)
+
+
+def to_half(path: Path) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in float16."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    if all(t.dtype == torch.float16 or not t.is_floating_point() for t in tensors.values()):
+        return
+    half = {k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}
+    save_file(half, str(path), metadata=metadata)

@@ -145,6 +145,11 @@ async def test_every_moderator_command(fake_discord: FakeDiscord, tmp_path,
         rolled = await ask(env, "model", [subcommand("rollback")], user_id=mod)
         assert rolled == "**v0001** is active again; the next tracks come from it."
         assert registry.active_name(gid) == "v0001"
+        pinned = await ask(env, "model", [subcommand("pin", [option("version", "v0002")])],
+                           user_id=mod)
+        assert pinned == "**v0002** is pinned: it is kept whatever rounds prune."
+        info = await ask(env, "model", [subcommand("info")], user_id=mod)
+        assert info.splitlines()[2].endswith("(kept: recent, pinned)")
 
         message = await env.bot.post_scheduled(gid)
         track = await env.services.store.track_by_message(str(message.id))

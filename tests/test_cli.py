@@ -150,6 +150,11 @@ def test_model_list_and_rollback(capsys, data_dir):
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["version"], r["active"]) for r in rows] == [("v0001", False), ("v0002", True)]
+    assert [r["kept"] for r in rows] == [["ancestor", "recent"], ["active", "recent"]]
+    code, _, err = crowdtune(capsys, "model", "pin", "--guild", "g", "v0001")
+    assert code == 0 and "v0001 is pinned" in err and reg.pinned("g") == ["v0001"]
+    code, _, err = crowdtune(capsys, "model", "pin", "--guild", "g", "v0042")
+    assert code == 2 and "no model version v0042" in err
     code, _, err = crowdtune(capsys, "model", "rollback", "--guild", "g")
     assert code == 0 and "v0001 is active again" in err
     assert reg.active_name("g") == "v0001"

@@ -89,3 +89,42 @@ def test_versions_record_parent_and_time(registry, tmp_path):
     assert meta["parent"] == "v0001" and meta["created_at"] > 0
     # No temporary folders are left behind by a finished write.
     assert not [p for p in registry.guild_dir("g").iterdir() if p.name.startswith(".")]
+
+
+def test_versions_are_stored_in_half_precision_and_load_in_full(registry):
+    import torch
+    from safetensors import safe_open
+
+    from model.pipeline import CrowdtunePipeline
+
+    registry.ensure_guild("g")
+    with safe_open(str(_weights(registry, "g", "v0001")), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+    assert dtypes == {torch.float16}
+    assert registry.verify("g", "v0001") is None  # hashed after the conversion
+    pipe = CrowdtunePipeline.from_pretrained(registry.version_dir("g", "v0001"))
+    assert pipe.unet.dtype == torch.float32
+
+
+def test_pruning_keeps_the_lineage_the_newest_and_the_pinned(registry, tmp_path):
+    registry.ensure_guild("g")  # v0001
+    for parent in ("v0001", "v0002", "v0002", "v0003", "v0005", "v0005"):
+        _finetune(registry, "g", parent, tmp_path)  # v0002..v0007
+    registry.promote("g", "v0005")  # lineage v0005 <- v0003 <- v0002 <- v0001
+    registry.pin("g", "v0004")
+    assert registry.kept("g", keep_recent=2) == {
+        "v0005": ["active"], "v0003": ["ancestor"], "v0002": ["ancestor"],
+        "v0001": ["ancestor"], "v0006": ["recent"], "v0007": ["recent"], "v0004": ["pinned"]}
+    assert registry.prune("g", keep_recent=2) == []
+    registry.pin("g", "v0004", pinned=False)
+    assert registry.prune("g", keep_recent=2) == ["v0004"]
+    assert [v.version for v in registry.versions("g")] == [
+        "v0001", "v0002", "v0003", "v0005", "v0006", "v0007"]
+    with pytest.raises(RegistryError, match="no model version v0004 .pruned"):
+        registry.rollback("g", "v0004")
+    assert registry.rollback("g").version == "v0003"  # the parent is always there
+    assert _finetune(registry, "g", "v0003", tmp_path) == "v0008"  # numbers never reused
+    with pytest.raises(ValueError):
+        registry.prune("g", keep_recent=0)
+    with pytest.raises(RegistryError):
+        registry.pin("g", "v0004")

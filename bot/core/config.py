@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     dpo_min_pairs: int = Field(default=4, ge=1)
     eval_clips: int = Field(default=24, ge=4)
     rollback_p_value: float = Field(default=0.05, gt=0, lt=1)
+    # Model versions kept: the active one and its ancestors, the newest this many, and any
+    # a moderator pinned; the rest are deleted at the end of each round.
+    keep_recent_versions: int = Field(default=4, ge=1)
     round_timeout_s: float = Field(default=3600.0, gt=0)
     # Overrides of bot.rewards.RewardSettings fields, as JSON: {"listen_weight": 0.3}.
     reward: dict[str, float] = Field(default_factory=dict)

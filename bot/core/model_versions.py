@@ -27,17 +27,27 @@ class RollbackRefused(UserFacingError):
 class ModelOverview:
     active: str | None  # None: the guild has no model yet (its first track makes v0001)
     versions: list[VersionInfo]  # oldest first
+    kept: dict[str, list[str]]  # why each version is kept (active, ancestor, recent, pinned)
 
 
 class ModelService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, keep_recent: int = 4) -> None:
         self.registry = registry
+        self.keep_recent = keep_recent
 
     async def overview(self, guild_id: int | str) -> ModelOverview:
         gid = str(guild_id)
         versions = await asyncio.to_thread(self.registry.versions, gid)
         active = await asyncio.to_thread(self.registry.active_name, gid) if versions else None
-        return ModelOverview(active, versions)
+        kept = await asyncio.to_thread(self.registry.kept, gid, self.keep_recent)
+        return ModelOverview(active, versions, kept)
+
+    async def pin(self, guild_id: int | str, version: str, pinned: bool = True) -> None:
+        """Keep `version` through pruning (or stop keeping it for that reason)."""
+        try:
+            await asyncio.to_thread(self.registry.pin, str(guild_id), version, pinned)
+        except RegistryError as exc:
+            raise RollbackRefused(f"Cannot pin: {exc}.") from exc
 
     async def rollback(self, guild_id: int | str, version: str | None = None) -> VersionInfo:
         """Make `version` (default: the active version's parent) active again."""

@@ -322,6 +322,11 @@ class RoundService:
             log.error("guild %s: round %s failed: %s", guild, row.id, exc)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if summary.status == RoundStatus.SUCCEEDED:
+            pruned = await asyncio.to_thread(self.registry.prune, guild,
+                                             self.settings.keep_recent_versions)
+            if pruned:
+                log.info("guild %s: pruned model versions %s", guild, ", ".join(pruned))
         summary.active_version = self.registry.active_name(guild)
         await self.store.finish_round(
             row.id, summary.status, candidate_version=summary.candidate_version,

@@ -45,7 +45,7 @@ class Services:
     privacy: PrivacyService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.models = ModelService(self.registry)
+        self.models = ModelService(self.registry, self.settings.keep_recent_versions)
         self.stats = StatsService(self.store, self.clock)
         self.privacy = PrivacyService(self.store, self.settings, self.registry)
 
