@@ -1,7 +1,9 @@
 """`crowdtune simulate`: the paper's experiment, offline, through the real services.
 
-A simulated community (bot/experiment/community.py) listens to what the model makes and
-reacts. Every step goes through the code the bot uses: TrackService generates and records
+A simulated community listens to what the model makes and reacts: by default one with its
+own ear (bot/experiment/ear.py: members like tags and hear them through a listener model the
+bot never uses), or the older one whose taste is over the spectral statistics the reward
+model reads (bot/experiment/community.py, an ablation row). Every step goes through the code the bot uses: TrackService generates and records
 tracks (worker process, ffmpeg), members' votes and listening go through FeedbackService,
 their uploads through UploadService (ffprobe, pydub), and each week's RoundService.run_round
 fine-tunes in a child process, evaluates and promotes. Members rate what they hear: features
