@@ -252,6 +252,6 @@ async def test_owner_syncs_commands_by_mention(fake_discord: FakeDiscord, tmp_pa
         assert reply.json["content"] == "Only the bot's owner can do that."
         await emu.user_message(f"<@{emu.ids.bot}> sync", author_id=emu.ids.owner)
         reply = await emu.wait_for_call("POST", r"/channels/\d+/messages", since=mark, count=2)
-        assert reply.json["content"] == f"Synced 9 commands to guild {emu.ids.guild}."
+        assert reply.json["content"] == f"Synced 12 commands to guild {emu.ids.guild}."
         assert len(emu.calls("PUT", r"/applications/\d+/guilds/\d+/commands")) == 2
         assert env.bot.get_cog("Admin") is not None

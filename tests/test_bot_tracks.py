@@ -28,9 +28,9 @@ async def test_bot_logs_in_with_its_intents_and_syncs_commands(fake_discord: Fak
         assert len(put) == 1  # synced once, on request (sync_commands=True), to the guild
         names = {c["name"] for c in put[0].json}
         assert names == {"generate", "upload", "setup", "round", "model", "stats", "schedule",
-                         "sync", "radio"}
+                         "sync", "radio", "forget-me", "my-data", "uploads"}
         mod_only = {c["name"] for c in put[0].json if c.get("default_member_permissions")}
-        assert mod_only == {"setup", "round", "model", "stats", "schedule", "sync"}
+        assert mod_only == {"setup", "round", "model", "stats", "schedule", "sync", "uploads"}
         assert not emu.calls("PUT", rf"/applications/{emu.ids.app}/commands")  # not global
 
 

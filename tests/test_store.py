@@ -31,10 +31,10 @@ def tables(path: Path) -> set[str]:
 async def test_migrates_an_empty_database_and_reopens_idempotently(tmp_path):
     path = tmp_path / "db.sqlite3"
     async with await Store.open(path) as s:
-        assert await s.schema_version() == len(MIGRATIONS) == 3
-    assert {"votes", "listens", "uploads", "rounds", "tracks"} <= tables(path)
+        assert await s.schema_version() == len(MIGRATIONS) == 4
+    assert {"votes", "listens", "uploads", "rounds", "tracks", "forgotten"} <= tables(path)
     async with await Store.open(path) as s:  # nothing left to run
-        assert await s.schema_version() == 3
+        assert await s.schema_version() == 4
 
 
 async def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):

@@ -119,9 +119,9 @@ class TrackService:
         """The tags tracks are made with when nobody asked for any, one set per seed (a
         seed reproduces its tags given the same ratings): drawn from the guild's policy; the
         baseline arm stays uniform, so it measures where the guild started."""
-        if origin == Origin.BASELINE:
+        policy = None if origin == Origin.BASELINE else await self.tag_policy(guild)
+        if policy is None or policy.rated == 0:  # nothing learnt yet: uniform, as at the start
             return [tagvocab.uniform(random.Random(s)) for s in seeds]
-        policy = await self.tag_policy(guild)
         return [policy.draw(random.Random(s)) for s in seeds]
 
     async def generate(

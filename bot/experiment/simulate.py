@@ -3,11 +3,12 @@
 A simulated community listens to what the model makes and reacts: by default one with its
 own ear (bot/experiment/ear.py: members like tags and hear them through a listener model the
 bot never uses), or the older one whose taste is over the spectral statistics the reward
-model reads (bot/experiment/community.py, an ablation row). Every step goes through the code the bot uses: TrackService generates and records
-tracks (worker process, ffmpeg), members' votes and listening go through FeedbackService,
-their uploads through UploadService (ffprobe, pydub), and each week's RoundService.run_round
-fine-tunes in a child process, evaluates and promotes. Members rate what they hear: features
-are computed from the encoded files, not from anything the model reports.
+model reads (bot/experiment/community.py, an ablation row). Every step goes through the code
+the bot uses: TrackService generates and records tracks (worker process, ffmpeg), members'
+votes and listening go through FeedbackService, their uploads through UploadService
+(ffprobe, ffmpeg), and each week's RoundService.run_round fine-tunes in a child process,
+evaluates and promotes. Members rate what they hear: the encoded files, not anything the
+model reports.
 
 Rating pass k (k = 0..rounds) rates the tracks of the champion after k rounds, side by side
 with baseline tracks from the base model. The last pass is the final comparison, with
