@@ -40,7 +40,7 @@ class TrainConfig(FitConfig):
     """Pretraining's settings of the training core (the shipped base's recipe): warmup then
     cosine LR, a long EMA with diffusers' power warmup; batches drawn uniformly."""
 
-    steps: int = 9000
+    steps: int = 5000
     lr: float = 3e-4
     warmup: int | None = 50
     batch_size: int = 16
