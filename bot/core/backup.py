@@ -82,6 +82,19 @@ def _fsync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
+def _put_in_place(tmp: Path, target: Path) -> None:
+    """Flush the finished hidden folder and rename it onto `target` (missing or empty)."""
+    _fsync_tree(tmp)
+    if target.exists():
+        target.rmdir()
+    os.rename(tmp, target)
+
+
+def _report(path: Path, files: dict, start: float) -> BackupReport:
+    return BackupReport(path, len(files), sum(f["bytes"] for f in files.values()),
+                        round(time.perf_counter() - start, 2))
+
+
 def snapshot_database(db_path: Path, dest: Path) -> None:
     """A consistent copy of a live database (SQLite's online backup API)."""
     src = sqlite3.connect(db_path)
@@ -122,15 +135,11 @@ def backup(data_dir: Path, dest: Path) -> BackupReport:
         manifest = {"format": FORMAT, "created_at": time.time(), "data_dir": str(data_dir),
                     "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync_tree(tmp)
-        if dest.exists():
-            dest.rmdir()
-        os.rename(tmp, dest)
+        _put_in_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    report = BackupReport(dest, len(files), sum(f["bytes"] for f in files.values()),
-                          round(time.perf_counter() - start, 2))
+    report = _report(dest, files, start)
     log.info("backup of %s: %d files, %d bytes in %.1f s to %s", data_dir, report.files,
              report.bytes, report.seconds, dest)
     return report
@@ -184,16 +193,11 @@ def restore(folder: Path, data_dir: Path) -> BackupReport:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(folder / rel, tmp / rel)
         _move_paths(tmp / DB_NAME, Path(manifest["data_dir"]), data_dir)
-        _fsync_tree(tmp)
-        if data_dir.exists():
-            data_dir.rmdir()
-        os.rename(tmp, data_dir)
+        _put_in_place(tmp, data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    files = manifest["files"]
-    report = BackupReport(data_dir, len(files), sum(f["bytes"] for f in files.values()),
-                          round(time.perf_counter() - start, 2))
+    report = _report(data_dir, manifest["files"], start)
     log.info("restored %s into %s (%d files)", folder, data_dir, report.files)
     return report
 
