@@ -115,6 +115,8 @@ class FinetuneSpec(JsonFile):
     replay_seed: int = POOL_SEED
     pool_cache: str | None = None  # folder that caches the corpus pool between rounds
     reward_model_out: str | None = None  # where to save the fitted reward model (JSON)
+    reward_inputs: str = "both"  # what it reads (model/reward_model.py INPUTS)
+    tagger_dir: str | None = None  # the tagger it hears through; None: the shipped one
     guide_top: float = 0.25
     guide_temp: float = 0.5
     guide_min_corr: float = 0.2
@@ -136,10 +138,17 @@ class EvalSpec(JsonFile):
     rated: list[RatedFile] = field(default_factory=list)  # uploads included
     reward_model: str | None = None  # the fine-tune's fitted reward model, if it saved one
     liked: list[str] = field(default_factory=list)  # paths
+    # The tags clip i of both models is made with (the guild's policy); None: uniform.
+    tags: list[dict[str, str]] | None = None
+    reward_inputs: str = "both"
+    tagger_dir: str | None = None
     clips: int = 24
     steps: int = 20
     seed: int = 1234
     min_reward_corr: float = 0.2
+    # Promote on the reward model only when the predicted gain's lower bound, gain - promote_z
+    # x its standard error (clips' scatter and the model's uncertainty), is above zero.
+    promote_z: float = 1.28
     # Per round, on a few clips (noisy): a focused candidate may lose some spread, not half.
     min_diversity: float = 0.5
     max_flatness_ratio: float = 1.5
@@ -228,6 +237,7 @@ class EvalMetrics:
     reward_model_corr: float | None = None
     pred_reward_champion: float | None = None
     pred_reward_candidate: float | None = None
+    pred_gain_se: float | None = None  # standard error of the predicted gain
     liked_dist_champion: float | None = None
     liked_dist_candidate: float | None = None
 

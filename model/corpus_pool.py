@@ -5,7 +5,9 @@ Fine-tuning on the model's own generated tracks, even the best-rated half, made 
 Rehearsing clean corpus clips chosen by the guild's reward model made it better (+0.46), so
 the pool is where most of each fine-tuning batch comes from. Its reward vectors are computed
 from the clips as the model would render them (codec round trip), since that is what the
-reward model was fitted on; they depend only on the codec, so the pool is cached on disk.
+reward model was fitted on: the round trip's spectral statistics and its mel images (the
+tagger's embedding is read from those at fine-tuning time, `CorpusPool.heard`). They depend
+only on the codec, so the pool is cached on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from model.codec import MelCodec, MelConfig
 from model.contracts import POOL_SEED  # corpus seed of the pool
 from model.features import extract
 from model.files import atomic_path
-from model.reward_model import reward_vector
+from model.reward_model import Heard, Listener, listener_codec, reward_vector
 from model.train import corpus_images
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class CorpusPool:
     images: torch.Tensor  # (n, 1, y_res, x_res) mel images
-    vectors: np.ndarray  # (n, d) reward vectors of their codec round trip
+    vectors: np.ndarray  # (n, d) spectral reward vectors of their codec round trip
     tags: list[dict[str, str]]  # each clip's tags ({} for the synthesiser-only corpus)
+    round_trip: torch.Tensor  # the round trip's audio as the reward model hears it
+
+    def heard(self, listener: Listener) -> Heard:
+        """What the reward model reads of each clip."""
+        return listener.read(self.round_trip, self.vectors)
 
 
 def pool_corpus(model_dir: Path) -> str:
@@ -46,12 +53,14 @@ def pool_corpus(model_dir: Path) -> str:
 def _build(n: int, seed: int, mel: MelConfig, corpus: str, cache_dir: Path | None
            ) -> CorpusPool:
     images, records = corpus_images(n, seed, mel, corpus, cache_dir)
-    codec = MelCodec(mel)
-    vectors = []
+    codec, heard_by = MelCodec(mel), listener_codec()
+    vectors, round_trip = [], []
     for start in range(0, n, 32):
-        audio = codec.decode(images[start:start + 32]).numpy()
-        vectors += [reward_vector(extract(a, mel.sample_rate)) for a in audio]
-    return CorpusPool(images, np.stack(vectors), [r.get("tags", {}) for r in records])
+        audio = codec.decode(images[start:start + 32])
+        vectors += [reward_vector(extract(a, mel.sample_rate)) for a in audio.numpy()]
+        round_trip += [heard_by.encode_windows(a)[:1] for a in audio]
+    return CorpusPool(images, np.stack(vectors), [r.get("tags", {}) for r in records],
+                      torch.cat(round_trip))
 
 
 def load_pool(n: int, seed: int = POOL_SEED, mel: MelConfig | None = None,
@@ -62,16 +71,18 @@ def load_pool(n: int, seed: int = POOL_SEED, mel: MelConfig | None = None,
     if cache_dir is None:
         return _build(n, seed, mel, corpus, None)
     key = hashlib.sha1(json.dumps([asdict(mel), corpus], sort_keys=True).encode()).hexdigest()
-    path = Path(cache_dir) / f"pool-{corpus}-{n}-{seed}-{key[:10]}.npz"
+    path = Path(cache_dir) / f"pool2-{corpus}-{n}-{seed}-{key[:10]}.npz"  # 2: with round_trip
     if path.is_file():
         try:
             data = np.load(path)
             return CorpusPool(torch.from_numpy(data["images"].astype(np.float32)),
-                              data["vectors"], json.loads(str(data["tags"])))
+                              data["vectors"], json.loads(str(data["tags"])),
+                              torch.from_numpy(data["round_trip"].astype(np.float32)))
         except (OSError, ValueError, KeyError) as exc:  # a torn write: rebuild it
             log.warning("corpus pool cache %s unreadable (%s); rebuilding", path, exc)
     pool = _build(n, seed, mel, corpus, Path(cache_dir))
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, images=pool.images.numpy().astype(np.float16), vectors=pool.vectors,
-                 tags=np.array(json.dumps(pool.tags)))
+                 tags=np.array(json.dumps(pool.tags)),
+                 round_trip=pool.round_trip.numpy().astype(np.float16))
     return pool

@@ -6,8 +6,10 @@ Both models generate the same number of clips from the same seeds. What can be m
 before the community hears anything:
 
 - predicted reward: the guild's reward model (model/reward_model.py, the same one that
-  guides fine-tuning) on both models' clips; its held-out accuracy is reported, and a reward
-  model that predicts nothing is not trusted;
+  guides fine-tuning) on both models' clips, made with the same seeds and the same tags (the
+  guild's tag policy's draws); its held-out accuracy is reported, a reward model that
+  predicts nothing is not trusted, and a trusted one promotes only when the lower bound of
+  the predicted gain (gain - promote_z x its standard error) is above zero;
 - distance to what the community liked (high-rated tracks and uploads) in feature space;
 - diversity (mean pairwise feature distance) relative to the champion's, so a model that
   collapses onto one liked track is not promoted;
@@ -29,21 +31,20 @@ import torch
 
 from model.contracts import ErrorEvent, EvalMetrics, EvalSpec, Verdict
 from model.features import diversity, extract
-from model.finetune import load_audio, print_event, reward_rows
+from model.finetune import fit_reward_model, load_audio, load_listener, print_event
 from model.pipeline import CrowdtunePipeline, best_device
-from model.reward_model import RewardModel, reward_vector
-from model.tags import uniform
+from model.reward_model import Heard, RewardModel
+from model.tags import Tags, uniform
 
 
-def _generate(model_dir: str, spec: EvalSpec) -> tuple[list[np.ndarray], int]:
+def _generate(model_dir: str, spec: EvalSpec, tags: list[Tags]) -> tuple[list[np.ndarray], int]:
     pipe = CrowdtunePipeline.from_pretrained(model_dir).to(best_device())
-    rng = random.Random(spec.seed)  # both models get the same tags: the posting policy's
     out = []
     for start in range(0, spec.clips, 8):
         n = min(8, spec.clips - start)
         res = pipe(batch_size=n, num_inference_steps=spec.steps,
                    generator=torch.Generator().manual_seed(spec.seed + start),
-                   tags=[uniform(rng) for _ in range(n)])
+                   tags=tags[start:start + n])
         out += res.audios
     return out, pipe.mel.config.sample_rate
 
@@ -53,30 +54,39 @@ def _features(audios: list[np.ndarray], sr: int) -> tuple[np.ndarray, list]:
     return np.stack([f.vector() for f in feats]), feats
 
 
-def _reward_vectors(feats: list) -> np.ndarray:
-    return np.stack([reward_vector(f) for f in feats])
+def clip_tags(spec: EvalSpec) -> list[Tags]:
+    """The tags of clip i for both models: the spec's (the guild's policy), else uniform."""
+    if spec.tags:
+        return [dict(spec.tags[i % len(spec.tags)]) for i in range(spec.clips)]
+    rng = random.Random(spec.seed)
+    return [uniform(rng) for _ in range(spec.clips)]
 
 
 def evaluate(spec: EvalSpec) -> Verdict:
     torch.set_num_threads(spec.threads)
-    champion, sr = _generate(spec.champion_dir, spec)
-    candidate, _ = _generate(spec.candidate_dir, spec)
+    tags = clip_tags(spec)
+    champion, sr = _generate(spec.champion_dir, spec, tags)
+    candidate, _ = _generate(spec.candidate_dir, spec, tags)
     xc, fc = _features(champion, sr)
     xn, fn = _features(candidate, sr)
     mu, sd = xc.mean(0), xc.std(0) + 1e-6  # the champion's spread is the ruler
     zc, zn = (xc - mu) / sd, (xn - mu) / sd
 
+    listener = load_listener(spec.tagger_dir)
     model = None
     if spec.reward_model and Path(spec.reward_model).is_file():
         model = RewardModel.load(Path(spec.reward_model))
-    elif len(spec.rated) >= 4:
-        x, y, groups = reward_rows(spec.rated, sr)
-        model = RewardModel.fit(x, y, groups=groups)
+    else:
+        model = fit_reward_model(spec.rated, listener, spec.reward_inputs)
     reward: dict[str, float] = {}
     if model is not None:
+        hc = Heard.concat([listener.audio(a, max_windows=1) for a in champion])
+        hn = Heard.concat([listener.audio(a, max_windows=1) for a in candidate])
+        _, se = model.gain_bound(hc, hn, spec.promote_z)
         reward = {"reward_model_corr": model.corr,
-                  "pred_reward_champion": float(model.predict(_reward_vectors(fc)).mean()),
-                  "pred_reward_candidate": float(model.predict(_reward_vectors(fn)).mean())}
+                  "pred_reward_champion": float(model.predict(hc).mean()),
+                  "pred_reward_candidate": float(model.predict(hn).mean()),
+                  "pred_gain_se": se}
     liked: dict[str, float] = {}
     if spec.liked:
         xl, _ = _features([load_audio(p, sr)[: sr * 20] for p in spec.liked], sr)
@@ -110,8 +120,10 @@ def verdict(m: EvalMetrics, spec: EvalSpec) -> Verdict:
     if (m.reward_model_corr is not None and m.reward_model_corr >= spec.min_reward_corr
             and m.pred_reward_candidate is not None and m.pred_reward_champion is not None):
         gain = m.pred_reward_candidate - m.pred_reward_champion
-        return Verdict(promote=gain > 0, metrics=m, reason=f"predicted reward {gain:+.3f} "
-                       f"(reward model held-out r={m.reward_model_corr:.2f})")
+        low = gain - spec.promote_z * (m.pred_gain_se or 0.0)
+        return Verdict(promote=low > 0, metrics=m, reason=f"predicted reward {gain:+.3f}, "
+                       f"lower bound {low:+.3f} (reward model held-out "
+                       f"r={m.reward_model_corr:.2f})")
     if m.liked_dist_candidate is not None and m.liked_dist_champion is not None:
         closer = m.liked_dist_champion - m.liked_dist_candidate
         return Verdict(promote=closer > 0, metrics=m, reason=f"distance to liked music "

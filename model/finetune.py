@@ -69,7 +69,7 @@ from model.contracts import (
 from model.corpus_pool import CorpusPool, load_pool, pool_corpus
 from model.files import atomic_dir
 from model.pipeline import CrowdtunePipeline
-from model.reward_model import RewardModel, window_vectors
+from model.reward_model import Heard, Listener, RewardModel
 from model.training import (
     Batch,
     ExtraLoss,
@@ -134,33 +134,57 @@ def draw_probs(groups: list[tuple[float, torch.Tensor]]) -> torch.Tensor:
     return sum(g * w / w.sum() for g, (_, w) in zip(shares, live, strict=True))
 
 
-def reward_rows(rated: list[RatedFile], sr: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Reward vectors of every rated file's 5-s windows, their rewards, and a file id each."""
-    rows, ys, groups = [], [], []
+def load_listener(tagger_dir: str | None) -> Listener:
+    """The reward model's ears: the guild's tagger (the shipped one when none is named)."""
+    from model.tagger import SHIPPED_TAGGER, Tagger
+
+    folder = Path(tagger_dir) if tagger_dir else SHIPPED_TAGGER
+    if not (folder / "tagger_config.json").is_file():
+        log.warning("no tagger at %s: the reward model hears through the shipped one", folder)
+        folder = SHIPPED_TAGGER
+    return Listener(Tagger.load(folder))
+
+
+def reward_rows(rated: list[RatedFile], listener: Listener
+                ) -> tuple[Heard, np.ndarray, list[int]]:
+    """What the reward model reads of every rated file's 5-s windows, their rewards, and a
+    file id each (files deleted since the round read them are skipped)."""
+    sr = listener.codec.config.sample_rate
+    parts, ys, groups = [], [], []
     for g, r in enumerate(rated):
-        v = window_vectors(load_audio(r.path, sr), sr)
-        rows.append(v)
-        ys += [float(r.reward)] * len(v)
-        groups += [g] * len(v)
-    return np.vstack(rows), np.array(ys), groups
+        if not Path(r.path).is_file():
+            continue
+        heard = listener.audio(load_audio(r.path, sr))
+        parts.append(heard)
+        ys += [float(r.reward)] * len(heard)
+        groups += [g] * len(heard)
+    return Heard.concat(parts), np.array(ys), groups
 
 
-def replay_probs(pool: CorpusPool, rated: list[RatedFile], spec: FinetuneSpec, sr: int
-                 ) -> tuple[torch.Tensor, Guide]:
+def fit_reward_model(rated: list[RatedFile], listener: Listener, inputs: str
+                     ) -> RewardModel | None:
+    """The guild's reward model; None with fewer than 4 rated files to learn from."""
+    heard, y, groups = reward_rows(rated, listener)
+    if len(set(groups)) < 4:
+        return None
+    return RewardModel.fit(heard, y, inputs=inputs, groups=groups)
+
+
+def replay_probs(pool: CorpusPool, rated: list[RatedFile], spec: FinetuneSpec,
+                 listener: Listener) -> tuple[torch.Tensor, Guide]:
     """How likely each pool clip is to be rehearsed: guided by the reward model when it is
     trusted, uniform otherwise."""
     uniform = torch.full((len(pool.images),), 1.0 / len(pool.images), dtype=torch.float64)
-    if len(rated) < 4:
+    model = fit_reward_model(rated, listener, spec.reward_inputs)
+    if model is None:
         return uniform, Guide(guided=False)
-    x, y, groups = reward_rows(rated, sr)
-    model = RewardModel.fit(x, y, groups=groups)
     if spec.reward_model_out:  # evaluation judges the candidate with the same model
         model.save(Path(spec.reward_model_out))
     guide = Guide(guided=model.corr >= spec.guide_min_corr,
                   reward_model_corr=round(model.corr, 3))
     if not guide.guided:
         return uniform, guide
-    pred = model.predict(pool.vectors)
+    pred = model.predict(pool.heard(listener))
     keep = np.argsort(-pred)[: max(1, round(len(pred) * spec.guide_top))]
     w = np.zeros(len(pred))
     w[keep] = np.exp((pred[keep] - pred[keep].max()) / spec.guide_temp)
@@ -233,7 +257,8 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
                              Path(spec.pool_cache) if spec.pool_cache else None,
                              pool_corpus(Path(spec.parent_dir)))
             replay = pipe.images_to_latents(pool.images)
-            replay_p, guide = replay_probs(pool, spec.rated, spec, pipe.mel.config.sample_rate)
+            listener = load_listener(spec.tagger_dir)
+            replay_p, guide = replay_probs(pool, spec.rated, spec, listener)
             tags += pool.tags
     pairs = [(index[p.preferred], index[p.rejected]) for p in spec.pairs
              if p.preferred in index and p.rejected in index]

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from bot.core.audio import encode
-from model.codec import MelCodec
+from model.codec import MelCodec, MelConfig
 from model.contracts import RatedFile
 from model.corpus_pool import load_pool
 from model.features import extract
-from model.finetune import FinetuneSpec, draw_probs, replay_probs
-from model.reward_model import RewardModel, reward_vector, window_vectors
+from model.finetune import FinetuneSpec, draw_probs, load_listener, replay_probs
+from model.reward_model import TAG_COLUMNS, Heard, RewardModel, reward_vector
+from model.tags import VOCAB
 from tests.helpers import TINY_MEL
 
 SR = 16000
@@ -29,20 +30,42 @@ def test_reward_vector_leaves_out_chroma():
                               reward_vector(f))
 
 
-def test_window_vectors_one_row_per_5s_window():
+def _heard(spectral: np.ndarray, embedding: np.ndarray | None = None) -> Heard:
+    n = len(spectral)
+    emb = np.zeros((n, 3)) if embedding is None else embedding
+    return Heard(emb, np.zeros((n, len(TAG_COLUMNS))), spectral)
+
+
+def test_listener_reads_one_row_per_5s_window_and_known_tags_one_hot():
+    listener = load_listener(None)
     audio = np.random.default_rng(0).standard_normal(SR * 12).astype(np.float32) * 0.1
-    assert window_vectors(audio, SR).shape[0] == 2
-    assert window_vectors(audio[: SR * 2], SR).shape[0] == 1  # a short clip is one window
+    heard = listener.audio(audio)
+    assert len(heard) == 2 and heard.embedding.shape == (2, 128)
+    assert heard.tags.shape == (2, len(TAG_COLUMNS))
+    assert heard.tags[0].sum() == pytest.approx(len(VOCAB))  # each field's probabilities
+    assert len(listener.audio(audio[: SR * 2])) == 1  # a short clip is one window
 
 
 def test_reward_model_learns_a_signal_and_not_noise():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((120, 10))
     signal = 2 * x[:, 0] - x[:, 3] + 0.3 * rng.standard_normal(120)
-    model = RewardModel.fit(x, signal)
+    model = RewardModel.fit(_heard(x), signal, inputs="spectral")
     assert model.corr > 0.8
-    assert np.corrcoef(model.predict(x), signal)[0, 1] > 0.9
-    assert RewardModel.fit(x, rng.standard_normal(120)).corr < 0.4
+    assert np.corrcoef(model.predict(_heard(x)), signal)[0, 1] > 0.9
+    assert RewardModel.fit(_heard(x), rng.standard_normal(120), inputs="spectral").corr < 0.4
+
+
+def test_inputs_choose_the_blocks():
+    rng = np.random.default_rng(3)
+    spectral, embedding = rng.standard_normal((150, 6)), rng.standard_normal((150, 8))
+    heard = _heard(spectral, embedding)
+    in_embedding = embedding[:, 2] + 0.2 * rng.standard_normal(150)
+    assert RewardModel.fit(heard, in_embedding, inputs="embedding").corr > 0.8
+    assert RewardModel.fit(heard, in_embedding, inputs="spectral").corr < 0.4
+    assert RewardModel.fit(heard, in_embedding, inputs="both").corr > 0.8
+    with pytest.raises(ValueError, match="unknown reward inputs"):
+        RewardModel.fit(heard, in_embedding, inputs="loudness")
 
 
 def test_held_out_folds_keep_a_tracks_windows_together():
@@ -50,11 +73,28 @@ def test_held_out_folds_keep_a_tracks_windows_together():
     rng = np.random.default_rng(1)
     tracks = rng.standard_normal((30, 6))
     rewards = rng.standard_normal(30)
-    x, y = np.repeat(tracks, 4, axis=0), np.repeat(rewards, 4)
+    x, y = _heard(np.repeat(tracks, 4, axis=0)), np.repeat(rewards, 4)
     groups = np.repeat(np.arange(30), 4)
-    leaky = RewardModel.fit(x, y, alpha=0.01).corr
-    honest = RewardModel.fit(x, y, alpha=0.01, groups=groups).corr
+    leaky = RewardModel.fit(x, y, "spectral", alphas=(0.01,)).corr
+    honest = RewardModel.fit(x, y, "spectral", alphas=(0.01,), groups=groups).corr
     assert leaky > honest + 0.3
+
+
+def test_uncertainty_grows_away_from_the_data_and_bounds_the_gain():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((80, 4))
+    y = x[:, 0] + 0.5 * rng.standard_normal(80)
+    model = RewardModel.fit(_heard(x), y, inputs="spectral")
+    near, far = np.zeros((1, 4)), np.full((1, 4), 8.0)
+    assert model.predict_sd(_heard(far))[0] > 3 * model.predict_sd(_heard(near))[0]
+    champion = rng.standard_normal((24, 4))
+    better = champion.copy()
+    better[:, 0] += 1.0  # every clip moves up the liked axis
+    gain, se = model.gain_bound(_heard(champion), _heard(better), 1.28)
+    assert gain > 0.5 and gain - 1.28 * se > 0
+    noisy = champion + rng.standard_normal((24, 4))  # different, not better
+    gain, se = model.gain_bound(_heard(champion), _heard(noisy), 1.28)
+    assert gain - 1.28 * se < 0 < se
 
 
 def test_draw_probs_gives_each_group_its_share():
@@ -73,10 +113,11 @@ def test_draw_probs_gives_each_group_its_share():
 
 def test_pool_is_cached_and_a_torn_cache_is_rebuilt(tmp_path):
     pool = load_pool(8, 3, TINY_MEL, tmp_path)
-    (cached,) = tmp_path.glob("pool-scores-8-3-*.npz")
+    (cached,) = tmp_path.glob("pool2-scores-8-3-*.npz")
     again = load_pool(8, 3, TINY_MEL, tmp_path)
     assert torch.allclose(again.images, pool.images, atol=1e-2)  # stored as float16
     assert np.allclose(again.vectors, pool.vectors)
+    assert torch.allclose(again.round_trip, pool.round_trip, atol=1e-2)
     cached.write_bytes(b"torn")
     rebuilt = load_pool(8, 3, TINY_MEL, tmp_path)
     assert np.allclose(rebuilt.vectors, pool.vectors)
@@ -88,20 +129,25 @@ def pool(tmp_path_factory):
     return load_pool(48, 7, TINY_MEL, tmp_path_factory.mktemp("pool"))
 
 
-def _rated(folder, reward_of, n: int = 32) -> list[RatedFile]:
-    """Corpus clips of another seed, rated by `reward_of(reward_vector)`."""
-    other = load_pool(n, 99, TINY_MEL)
-    audio = MelCodec(TINY_MEL).decode(other.images).numpy()
-    pairs = enumerate(zip(audio, other.vectors, strict=True))
+@pytest.fixture(scope="module")
+def listener():
+    return load_listener(None)
+
+
+def _rated(folder, reward_of, n: int = 32, mel: MelConfig = TINY_MEL) -> list[RatedFile]:
+    """Corpus clips of another seed, rated by `reward_of(reward_vector, tags)`."""
+    other = load_pool(n, 99, mel)
+    audio = MelCodec(mel).decode(other.images).numpy()
+    rows = enumerate(zip(audio, other.vectors, other.tags, strict=True))
     return [RatedFile(path=str(encode(a, SR, folder / f"t{i}.wav", "wav")),
-                      reward=float(reward_of(v))) for i, (a, v) in pairs]
+                      reward=float(reward_of(v, t))) for i, (a, v, t) in rows]
 
 
-def test_replay_follows_the_reward_model(tmp_path, pool):
+def test_replay_follows_the_reward_model(tmp_path, pool, listener):
     # A community that rewards brightness: replay should favour the pool's bright clips.
-    rated = _rated(tmp_path, lambda v: 3 * v[0])  # reward_vector starts with centroid / 1000
-    spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_top=0.25)
-    probs, info = replay_probs(pool, rated, spec, SR)
+    rated = _rated(tmp_path, lambda v, _t: 3 * v[0])  # the spectral block starts with
+    spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_top=0.25)  # centroid/1000
+    probs, info = replay_probs(pool, rated, spec, listener)
     assert info.guided and info.reward_model_corr > 0.5
     chosen = (probs > 0).numpy()
     assert chosen.sum() == 12  # the best quarter of 48
@@ -110,23 +156,39 @@ def test_replay_follows_the_reward_model(tmp_path, pool):
     assert centroid[chosen].mean() > centroid[~chosen].mean() + 0.1
 
 
-def test_replay_stays_uniform_when_the_reward_model_predicts_nothing(tmp_path, pool):
+def test_replay_follows_a_taste_for_an_instrument(tmp_path, listener):
+    # Songs played on strings are liked: replay should favour the pool's strings clips.
+    # Full-size 5-s windows: what the tagger was trained to hear.
+    pool = load_pool(64, 7, MelConfig(), tmp_path)
+    rated = _rated(tmp_path, lambda _v, t: float(t.get("instrument") == "strings"), n=48,
+                   mel=MelConfig())
+    spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_top=0.25,
+                        reward_inputs="embedding")
+    probs, info = replay_probs(pool, rated, spec, listener)
+    assert info.guided and info.reward_model_corr > 0.5
+    strings = np.array([t.get("instrument") == "strings" for t in pool.tags])
+    chosen = (probs > 0).numpy()
+    assert strings[chosen].mean() > 2 * strings.mean()
+
+
+def test_replay_stays_uniform_when_the_reward_model_predicts_nothing(tmp_path, pool, listener):
     rng = np.random.default_rng(1)
-    rated = _rated(tmp_path, lambda _v: rng.standard_normal())
+    rated = _rated(tmp_path, lambda _v, _t: rng.standard_normal())
     spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_min_corr=0.9)
-    probs, info = replay_probs(pool, rated, spec, SR)
+    probs, info = replay_probs(pool, rated, spec, listener)
     assert not info.guided
     assert torch.allclose(probs, torch.full((48,), 1 / 48, dtype=torch.float64))
 
 
 def test_reward_model_saves_and_loads_and_clips_to_the_rewards_seen(tmp_path):
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((60, 5))
-    y = x[:, 0] + 0.1 * rng.standard_normal(60)
+    x = _heard(rng.standard_normal((60, 5)), rng.standard_normal((60, 3)))
+    y = x.spectral[:, 0] + 0.1 * rng.standard_normal(60)
     model = RewardModel.fit(x, y)
     model.save(tmp_path / "rm.json")
     loaded = RewardModel.load(tmp_path / "rm.json")
     assert np.allclose(loaded.predict(x), model.predict(x)) and loaded.corr == model.corr
-    far = np.zeros((1, 5))
-    far[0, 0] = 100.0  # far outside the data: the prediction stops at the best reward seen
+    assert np.allclose(loaded.predict_sd(x), model.predict_sd(x)) and loaded.inputs == "both"
+    far = _heard(np.zeros((1, 5)), np.zeros((1, 3)))
+    far.spectral[0, 0] = 1000.0  # far outside the data: the prediction stops at the best seen
     assert loaded.predict(far)[0] == pytest.approx(y.max())

@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     # since the last round: taste outlives a week, and each round's tracks cover less of it.
     # 0: only the round's own window.
     reward_history_days: float = Field(default=56.0, ge=0)
+    # What the reward model reads (model/reward_model.py): "both" (the tagger's embedding,
+    # the tags, and spectral statistics as a minor part), "embedding" (no spectral) or
+    # "spectral" (the older model).
+    reward_inputs: Literal["both", "embedding", "spectral"] = "both"
+    # A candidate is promoted on the reward model only when its predicted gain minus this
+    # many standard errors is above zero (1.28: a one-sided 90% bound).
+    promote_z: float = Field(default=1.28, ge=0)
     # Tracks nobody asked tags for draw them from the guild's learnt taste (Thompson sampling
     # per field, bot/core/tag_policy.py), uniform with probability `tag_explore` so no value
     # dies out; off: uniform tags.
@@ -105,6 +112,10 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Derived data worth keeping (the corpus pool fine-tuning rehearses)."""
         return self.pool_cache_dir or self.data_dir / "cache"
+
+    @property
+    def tagger_dir(self) -> Path:
+        return self.models_dir / "tagger"
 
     @property
     def work_dir(self) -> Path:

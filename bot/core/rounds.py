@@ -24,6 +24,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import random
 import shutil
 import sys
 import time
@@ -46,6 +47,7 @@ from bot.core.rewards import (
 )
 from bot.core.rewards import training_weights as reward_weights
 from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback
+from bot.core.tag_policy import PolicyConfig, TagPolicy
 from bot.core.tracks import mel_file
 from model.contracts import (
     ErrorEvent,
@@ -190,6 +192,7 @@ class TrainingSet:
     rated: list[RatedFile]  # the reward model's data
     liked: list[str]  # paths of liked music, for evaluation
     counts: dict
+    eval_tags: list[dict[str, str]] | None = None  # evaluation's clips: the guild's policy
 
 
 def _rated(feedback: list[TrackFeedback], rewards_cfg: RewardSettings
@@ -240,7 +243,21 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     rated_rows = [RatedFile(path=past_files[r.track_id], reward=r.reward) for r in past]
     rated_rows += [RatedFile(path=u.file, reward=rewards_cfg.upload_reward) for u in uploads]
     counts["reward_model_tracks"] = len(past)
-    return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows)
+    return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows,
+                       eval_tags=eval_tags(history or feedback, settings, rewards_cfg))
+
+
+def eval_tags(feedback: list[TrackFeedback], settings: Settings, rewards_cfg: RewardSettings
+              ) -> list[dict[str, str]] | None:
+    """The tags evaluation makes its clips with: draws from the guild's tag policy, so the
+    candidate is judged on what it will be asked for; None (uniform) when it has none."""
+    if not settings.tag_policy:
+        return None
+    policy = TagPolicy.from_feedback(feedback, rewards_cfg, PolicyConfig(
+        explore=settings.tag_explore))
+    if policy.rated == 0:
+        return None
+    return [policy.draw(random.Random(i)) for i in range(settings.eval_clips)]
 
 
 def round_ratings(feedback: list[TrackFeedback], round_starts: list[float]) -> list[RoundRatings]:
@@ -367,6 +384,7 @@ class RoundService:
             guide_top=s.finetune_guide_top, guide_temp=s.finetune_guide_temperature,
             guide_min_corr=s.finetune_guide_min_corr,
             reward_model_out=str(work / "reward_model.json"),
+            reward_inputs=s.reward_inputs, tagger_dir=str(s.tagger_dir),
             dpo_beta=s.dpo_beta, dpo_weight=s.dpo_weight, dpo_min_pairs=s.dpo_min_pairs,
             seed=summary.round_id or 0, threads=s.torch_threads,
         )
@@ -382,8 +400,9 @@ class RoundService:
         ev = EvalSpec(champion_dir=str(parent_dir),
                       candidate_dir=str(self.registry.version_dir(guild, info.version)),
                       rated=data.rated, reward_model=str(work / "reward_model.json"),
-                      liked=data.liked, clips=s.eval_clips,
-                      steps=s.sampler_steps, threads=s.torch_threads)
+                      liked=data.liked, clips=s.eval_clips, tags=data.eval_tags,
+                      reward_inputs=s.reward_inputs, tagger_dir=str(s.tagger_dir),
+                      promote_z=s.promote_z, steps=s.sampler_steps, threads=s.torch_threads)
         ev.save(work / "evaluate.json")
         verdict = await run_child("model.evaluate", work / "evaluate.json",
                                   work / "evaluate.log", s.round_timeout_s, progress,

@@ -17,6 +17,7 @@ with baseline tracks from the base model. The last pass is the final comparison,
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -100,10 +101,12 @@ class PassResult:
     version: str
     ratings: RoundRatings
     expected_new: float  # the community's noise-free mean stars for the new model's tracks
+    expected_se: float  # its standard error over the pass's tracks
     taste: dict  # mean perceptual features of the new model's tracks
     diversity: float
     promoted: bool | None = None
     reason: str = ""
+    rolled_back: str | None = None  # what the round's automatic rollback did, if anything
     round_seconds: float = 0.0
     factions: dict[int, float] = field(default_factory=dict)  # expected stars per faction
 
@@ -114,7 +117,8 @@ class PassResult:
                 "diversity": round(self.diversity, 3), "promoted": self.promoted,
                 **({"faction_expected": {str(k): round(v, 3) for k, v in self.factions.items()}}
                    if self.factions else {}),
-                "reason": self.reason, "round_seconds": round(self.round_seconds, 1)}
+                "reason": self.reason, "rolled_back": self.rolled_back,
+                "round_seconds": round(self.round_seconds, 1)}
 
 
 @dataclass
@@ -123,10 +127,21 @@ class SimResult:
     passes: list[PassResult] = field(default_factory=list)
     seconds: float = 0.0
 
+    def wrong_promotions(self) -> list[int]:
+        """Rounds whose promotion was followed by a drop in the community's expected stars
+        beyond the passes' sampling noise (two standard errors of the difference)."""
+        wrong = []
+        for k, (p, q) in enumerate(itertools.pairwise(self.passes), start=1):
+            noise = 2.0 * float(np.hypot(p.expected_se, q.expected_se))
+            if p.promoted and q.expected_new < p.expected_new - noise:
+                wrong.append(k)
+        return wrong
+
     def to_json(self) -> dict:
         base_div = self.passes[0].diversity if self.passes else float("nan")
         return {
             "rounds": [p.row() for p in self.passes],
+            "wrong_promotions": self.wrong_promotions(),
             "diversity": {"base": round(base_div, 3),
                           "final": round(self.passes[-1].diversity, 3),
                           "final_vs_base": round(self.passes[-1].diversity / base_div, 3)},
@@ -194,6 +209,7 @@ class Simulation:
                     summary = await services.rounds.run_round(GUILD)
                     p = result.passes[-1]
                     p.promoted, p.reason = summary.promoted, summary.reason
+                    p.rolled_back = summary.rolled_back
                     p.round_seconds = time.perf_counter() - t
                     self.say(f"round {k + 1}: {summary.status}, "
                              f"{'promoted' if summary.promoted else 'kept'}: "
@@ -237,9 +253,11 @@ class Simulation:
             self._sd = vecs.std(0) + 1e-6
         z = (vecs - vecs.mean(0)) / self._sd
         version = next(t.model_version for t in made if t.origin == GENERATED)
+        expected = [self.community.score(h) for h in new_heard]
         result = PassResult(
             round=k, version=version, ratings=RoundRatings(round=k, ratings=ratings),
-            expected_new=float(np.mean([self.community.score(h) for h in new_heard])),
+            expected_new=float(np.mean(expected)),
+            expected_se=float(np.std(expected, ddof=1) / np.sqrt(len(expected))),
             taste=_taste(new_feats), diversity=diversity(z),
             factions=(self.community.faction_scores(new_heard)
                       if isinstance(self.community, EarCommunity) else {}))
@@ -295,8 +313,18 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
     last = result.passes[-1]
     gain, p = compare(last.ratings.ratings.get(GENERATED, []),
                       last.ratings.ratings.get(BASELINE, []))
+    wrong = result.wrong_promotions()
+    rollbacks = [f"round {q.round + 1}: {q.rolled_back}" for q in result.passes if q.rolled_back]
     lines += ["", f"Final: new model {gain:+.2f} stars over baseline, Mann-Whitney p = {p:.3g}; "
-              f"diversity {last.diversity / result.passes[0].diversity:.0%} of the base's."]
+              f"diversity {last.diversity / result.passes[0].diversity:.0%} of the base's.",
+              "", "Promotions followed by a drop in expected stars (beyond two standard "
+              f"errors): {', '.join(f'round {k}' for k in wrong) if wrong else 'none'}.",
+              *([f"Automatic rollbacks: {'; '.join(rollbacks)}."] if rollbacks else [])]
+    if result.passes[0].factions:
+        first = result.passes[0].factions
+        lines += ["", "Expected stars per faction, base -> last: " + "; ".join(
+            f"faction {f}: {first[f]:.2f} -> {last.factions[f]:.2f} "
+            f"({last.factions[f] - first[f]:+.2f})" for f in first) + "."]
     return "\n".join(lines) + "\n"
 
 
