@@ -165,6 +165,14 @@ def build_parser() -> Parser:
                     help="default: CROWDTUNE_LISTEN_COMPACT_DAYS (90)")
     cp.add_argument("--json", action="store_true")
 
+    lib = sub.add_parser("library", help="read the operator's library folder",
+                         description="Check every audio file under CROWDTUNE_LIBRARY_DIR (or "
+                         "DIR) as uploads are checked, store the new or changed ones, and list "
+                         "what each round will rehearse and what was skipped, and why.")
+    lib.add_argument("dir", type=Path, nargs="?", metavar="DIR",
+                     help="default: CROWDTUNE_LIBRARY_DIR")
+    lib.add_argument("--json", action="store_true", help="one JSON object per file")
+
     fb = sub.add_parser("feedback", help="ratings and listening time")
     fsub = fb.add_subparsers(dest="feedback_command", required=True, parser_class=Parser)
     fi = fsub.add_parser(
@@ -464,6 +472,31 @@ async def _compact(settings: BotSettings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_library(settings: BotSettings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from bot.core.library import scan_library
+
+    folder = args.dir or settings.library_dir
+    if folder is None:
+        raise UserError("no library: set CROWDTUNE_LIBRARY_DIR or name a folder")
+    if not folder.is_dir():
+        raise UserError(f"library folder {folder} does not exist")
+    with console.status(f"reading {folder}"):
+        scan = scan_library(folder, settings.library_store)
+    if args.json:
+        for song in scan.songs:
+            print(json.dumps({k: v for k, v in asdict(song).items() if k != "stored"}))
+        return 0
+    for song in scan.rejected:
+        print(f"skipped {song.source}: {song.rejected}")
+    minutes = sum(song.duration_s for song in scan.stored) / 60
+    n = len(scan.stored)
+    print(f"{n} song{'' if n == 1 else 's'} ({minutes:.1f} min) in the library, "
+          f"{len(scan.rejected)} skipped")
+    return 0
+
+
 async def _feedback_import(settings: BotSettings, args: argparse.Namespace) -> int:
     from bot.core.services import Services
 
@@ -626,6 +659,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_uploads(settings, args))
     if args.command == "compact":
         return asyncio.run(_compact(settings, args))
+    if args.command == "library":
+        return cmd_library(settings, args)
     if args.command == "forget":
         return asyncio.run(_forget(settings, args))
     if args.command == "export":

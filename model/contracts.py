@@ -71,13 +71,14 @@ class JsonFile:
 class ItemKind(StrEnum):
     TRACK = "track"  # a generated track the community rated
     UPLOAD = "upload"  # a member's own song
+    LIBRARY = "library"  # a song from the operator's library folder
 
 
 @dataclass(frozen=True)
 class TrainItem:
     """An audio file fine-tuning learns from, with its non-negative weight."""
 
-    key: str  # "track:<id>" | "upload:<id>": what preference pairs refer to
+    key: str  # "track:<id>" | "upload:<id>" | "library:<sha>": what preference pairs refer to
     path: str
     weight: float
     kind: ItemKind = ItemKind.TRACK
@@ -111,7 +112,8 @@ class FinetuneSpec(JsonFile):
     lr: float = 1e-4
     track_share: float = 0.0
     upload_share: float = 0.1
-    replay_clips: int = 512
+    library_share: float = 0.3  # the operator's library, when it has songs
+    replay_clips: int = 512  # the starter-corpus pool; 0: no corpus replay
     replay_seed: int = POOL_SEED
     pool_cache: str | None = None  # folder that caches the corpus pool between rounds
     reward_model_out: str | None = None  # where to save the fitted reward model (JSON)

@@ -6,17 +6,20 @@ The spec names the parent pipeline, the candidate folder to write, the feedback 
 (audio files with non-negative weights), the rated files the reward model learns from,
 preference pairs, and the settings.
 
-The objective is denoising on batches whose windows come from three groups, in expected
-shares:
+The objective is denoising on batches whose windows come from four groups, in expected
+shares; the replay is the guild's uploads, then the operator's library, then the corpus:
 
-- guided replay (the rest, 90% by default): clean starter-corpus clips (model/corpus_pool.py)
-  drawn by what the guild's reward model (model/reward_model.py, fitted here on the rated
-  tracks and uploads) predicts the community would think of them: the best `guide_top`
-  share, softmax-weighted with temperature `guide_temp`. It moves the model toward what the
-  community likes without training on the model's own artifacts, and it is the replay term
-  against forgetting too. A reward model that predicts nothing (held-out r below
-  `guide_min_corr`) leaves the replay uniform;
-- uploads (`upload_share`): the community's own songs, clean music it chose to share;
+- uploads (`upload_share`, 10%): the community's own songs (all of them), clean music it
+  chose to share;
+- the operator's library (`library_share`, 30%; bot/core/library.py): songs drawn by what
+  the guild's reward model (model/reward_model.py, fitted here on the rated tracks and
+  uploads) predicts the community would think of them: the best `guide_top` share,
+  softmax-weighted with temperature `guide_temp`;
+- guided corpus replay (the rest, when `replay_clips` > 0: off for imported checkpoints
+  unless the operator asks): clean starter-corpus clips (model/corpus_pool.py) drawn the
+  same way. It moves the model toward what the community likes without training on the
+  model's own artifacts, and it is the replay term against forgetting too. A reward model
+  that predicts nothing (held-out r below `guide_min_corr`) leaves both replays even;
 - the best-rated generated tracks (`track_share`, 0 by default), reward-weighted. Measured
   from the shipped base (one round, 48 paired clips): training on them cost -0.19 stars
   alone, and a third of the batch cut guided replay's +0.46 to +0.05: the model's own
@@ -170,25 +173,56 @@ def fit_reward_model(rated: list[RatedFile], listener: Listener, inputs: str
     return RewardModel.fit(heard, y, inputs=inputs, groups=groups)
 
 
-def replay_probs(pool: CorpusPool, rated: list[RatedFile], spec: FinetuneSpec,
-                 listener: Listener) -> tuple[torch.Tensor, Guide]:
-    """How likely each pool clip is to be rehearsed: guided by the reward model when it is
-    trusted, uniform otherwise."""
-    uniform = torch.full((len(pool.images),), 1.0 / len(pool.images), dtype=torch.float64)
+def fit_guide(rated: list[RatedFile], spec: FinetuneSpec, listener: Listener
+              ) -> tuple[RewardModel | None, Guide]:
+    """The guild's reward model (saved for evaluation) and whether it is trusted to guide."""
     model = fit_reward_model(rated, listener, spec.reward_inputs)
     if model is None:
-        return uniform, Guide(guided=False)
+        return None, Guide(guided=False)
     if spec.reward_model_out:  # evaluation judges the candidate with the same model
         model.save(Path(spec.reward_model_out))
-    guide = Guide(guided=model.corr >= spec.guide_min_corr,
-                  reward_model_corr=round(model.corr, 3))
-    if not guide.guided:
-        return uniform, guide
-    pred = model.predict(pool.heard(listener))
+    return model, Guide(guided=model.corr >= spec.guide_min_corr,
+                        reward_model_corr=round(model.corr, 3))
+
+
+def guided_weights(pred: np.ndarray, spec: FinetuneSpec) -> torch.Tensor:
+    """Draw weights from predicted rewards: the best `guide_top` share, softmax-weighted
+    with temperature `guide_temp`; the rest 0."""
     keep = np.argsort(-pred)[: max(1, round(len(pred) * spec.guide_top))]
     w = np.zeros(len(pred))
     w[keep] = np.exp((pred[keep] - pred[keep].max()) / spec.guide_temp)
-    return torch.from_numpy(w / w.sum()), guide
+    return torch.from_numpy(w / w.sum())
+
+
+def replay_probs(pool: CorpusPool, model: RewardModel | None, spec: FinetuneSpec,
+                 listener: Listener) -> torch.Tensor:
+    """How likely each pool clip is to be rehearsed: guided by the reward model when there
+    is a trusted one, uniform otherwise."""
+    if model is None:
+        return torch.full((len(pool.images),), 1.0 / len(pool.images), dtype=torch.float64)
+    return guided_weights(model.predict(pool.heard(listener)), spec)
+
+
+def library_weights(items: list[TrainItem], kinds: list[ItemKind], index: dict[str, list[int]],
+                    model: RewardModel | None, spec: FinetuneSpec, listener: Listener
+                    ) -> torch.Tensor:
+    """Draw weights of the library songs' windows: by the reward model's prediction of each
+    song (its windows share it) when it is trusted, else even."""
+    w = torch.zeros(len(kinds), dtype=torch.float64)
+    songs = [it for it in items if it.kind == ItemKind.LIBRARY and it.key in index]
+    if not songs:
+        return w
+    if model is None:
+        per_song = torch.ones(len(songs), dtype=torch.float64)
+    else:
+        sr = listener.codec.config.sample_rate
+        pred = np.array([model.predict(listener.audio(load_audio(it.path, sr),
+                                                      spec.windows_per_item)).mean()
+                         for it in songs])
+        per_song = guided_weights(pred, spec)
+    for it, p in zip(songs, per_song.tolist(), strict=True):
+        w[index[it.key]] = p / len(index[it.key])
+    return w
 
 
 def dpo_loss(unet, ref_unet, scheduler, x_w: torch.Tensor, x_l: torch.Tensor, beta: float,
@@ -249,7 +283,10 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     start = time.perf_counter()
     pipe = CrowdtunePipeline.from_pretrained(spec.parent_dir)
     images, weights, kinds, index, tags = item_images(pipe, spec.items, spec.windows_per_item)
-    replay, guide = None, Guide()
+    listener = load_listener(spec.tagger_dir)
+    model, guide = fit_guide(spec.rated, spec, listener)
+    trusted = model if guide.guided else None
+    replay = None
     with torch.no_grad():
         latents = pipe.images_to_latents(images)
         if spec.replay_clips > 0 and pipe.vqvae is None:
@@ -257,8 +294,7 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
                              Path(spec.pool_cache) if spec.pool_cache else None,
                              pool_corpus(Path(spec.parent_dir)))
             replay = pipe.images_to_latents(pool.images)
-            listener = load_listener(spec.tagger_dir)
-            replay_p, guide = replay_probs(pool, spec.rated, spec, listener)
+            replay_p = replay_probs(pool, trusted, spec, listener)
             tags += pool.tags
     pairs = [(index[p.preferred], index[p.rejected]) for p in spec.pairs
              if p.preferred in index and p.rejected in index]
@@ -266,12 +302,15 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     # One index space: the items' windows, then the replay clips.
     n_replay = 0 if replay is None else len(replay)
     pool_latents = latents if replay is None else torch.cat([latents, replay.to(latents.dtype)])
-    is_track = torch.tensor([k == ItemKind.TRACK for k in kinds] + [False] * n_replay)
-    item_w = torch.cat([weights, torch.zeros(n_replay, dtype=torch.float64)])
-    groups = [(spec.track_share, torch.where(is_track, item_w, 0.0)),
-              (spec.upload_share, torch.where(is_track, 0.0, item_w))]
+    pad = torch.zeros(n_replay, dtype=torch.float64)
+    item_w = torch.cat([weights, pad])
+    kind = np.array([k.value for k in kinds] + [""] * n_replay)
+    library_w = library_weights(spec.items, kinds, index, trusted, spec, listener)
+    groups = [(spec.track_share, torch.where(torch.from_numpy(kind == "track"), item_w, 0.0)),
+              (spec.upload_share, torch.where(torch.from_numpy(kind == "upload"), item_w, 0.0)),
+              (spec.library_share, torch.cat([library_w, pad]))]
     if replay is not None:
-        groups.append((1.0 - spec.track_share - spec.upload_share,
+        groups.append((max(0.0, 1.0 - spec.track_share - spec.upload_share - spec.library_share),
                        torch.cat([torch.zeros(len(latents), dtype=torch.float64), replay_p])))
     probs = draw_probs(groups)
     data = DataEvent(windows=len(latents), pairs=len(pairs), replay=n_replay, dpo=use_dpo,

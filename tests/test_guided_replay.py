@@ -8,10 +8,17 @@ import torch
 
 from bot.core.audio import encode
 from model.codec import MelCodec, MelConfig
-from model.contracts import RatedFile
+from model.contracts import ItemKind, RatedFile, TrainItem
 from model.corpus_pool import load_pool
 from model.features import extract
-from model.finetune import FinetuneSpec, draw_probs, load_listener, replay_probs
+from model.finetune import (
+    FinetuneSpec,
+    draw_probs,
+    fit_guide,
+    library_weights,
+    load_listener,
+    replay_probs,
+)
 from model.reward_model import TAG_COLUMNS, Heard, RewardModel, reward_vector
 from model.tags import VOCAB
 from tests.helpers import TINY_MEL
@@ -134,6 +141,11 @@ def listener():
     return load_listener(None)
 
 
+def _guided_replay(pool, rated, spec, listener):
+    model, info = fit_guide(rated, spec, listener)
+    return replay_probs(pool, model if info.guided else None, spec, listener), info
+
+
 def _rated(folder, reward_of, n: int = 32, mel: MelConfig = TINY_MEL) -> list[RatedFile]:
     """Corpus clips of another seed, rated by `reward_of(reward_vector, tags)`."""
     other = load_pool(n, 99, mel)
@@ -147,7 +159,7 @@ def test_replay_follows_the_reward_model(tmp_path, pool, listener):
     # A community that rewards brightness: replay should favour the pool's bright clips.
     rated = _rated(tmp_path, lambda v, _t: 3 * v[0])  # the spectral block starts with
     spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_top=0.25)  # centroid/1000
-    probs, info = replay_probs(pool, rated, spec, listener)
+    probs, info = _guided_replay(pool, rated, spec, listener)
     assert info.guided and info.reward_model_corr > 0.5
     chosen = (probs > 0).numpy()
     assert chosen.sum() == 12  # the best quarter of 48
@@ -156,18 +168,25 @@ def test_replay_follows_the_reward_model(tmp_path, pool, listener):
     assert centroid[chosen].mean() > centroid[~chosen].mean() + 0.1
 
 
-def test_replay_follows_a_taste_for_an_instrument(tmp_path, listener):
-    # Songs played on strings are liked: replay should favour the pool's strings clips.
-    # Full-size 5-s windows: what the tagger was trained to hear.
-    pool = load_pool(64, 7, MelConfig(), tmp_path)
-    rated = _rated(tmp_path, lambda _v, t: float(t.get("instrument") == "strings"), n=48,
+@pytest.fixture(scope="module")
+def strings_taste(tmp_path_factory, listener):
+    """Full-size 5-s windows (what the tagger was trained to hear): a pool, and a reward
+    model fitted to a community that likes songs played on strings."""
+    folder = tmp_path_factory.mktemp("strings")
+    pool = load_pool(48, 7, MelConfig(), folder)
+    rated = _rated(folder, lambda _v, t: float(t.get("instrument") == "strings"), n=48,
                    mel=MelConfig())
     spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_top=0.25,
                         reward_inputs="embedding")
-    probs, info = replay_probs(pool, rated, spec, listener)
-    assert info.guided and info.reward_model_corr > 0.5
+    model, info = fit_guide(rated, spec, listener)
     strings = np.array([t.get("instrument") == "strings" for t in pool.tags])
-    chosen = (probs > 0).numpy()
+    return pool, model, info, spec, strings
+
+
+def test_replay_follows_a_taste_for_an_instrument(strings_taste, listener):
+    pool, model, info, spec, strings = strings_taste
+    assert info.guided and info.reward_model_corr > 0.5
+    chosen = (replay_probs(pool, model, spec, listener) > 0).numpy()
     assert strings[chosen].mean() > 2 * strings.mean()
 
 
@@ -175,7 +194,7 @@ def test_replay_stays_uniform_when_the_reward_model_predicts_nothing(tmp_path, p
     rng = np.random.default_rng(1)
     rated = _rated(tmp_path, lambda _v, _t: rng.standard_normal())
     spec = FinetuneSpec(parent_dir="", out_dir="", items=[], guide_min_corr=0.9)
-    probs, info = replay_probs(pool, rated, spec, listener)
+    probs, info = _guided_replay(pool, rated, spec, listener)
     assert not info.guided
     assert torch.allclose(probs, torch.full((48,), 1 / 48, dtype=torch.float64))
 
@@ -192,3 +211,19 @@ def test_reward_model_saves_and_loads_and_clips_to_the_rewards_seen(tmp_path):
     far = _heard(np.zeros((1, 5)), np.zeros((1, 3)))
     far.spectral[0, 0] = 1000.0  # far outside the data: the prediction stops at the best seen
     assert loaded.predict(far)[0] == pytest.approx(y.max())
+
+
+def test_library_songs_are_drawn_by_the_reward_model(tmp_path, strings_taste, listener):
+    # The pool's first 16 clips as library songs: the strings songs should get the draws.
+    pool, model, _, spec, strings = strings_taste
+    audio = MelCodec(MelConfig()).decode(pool.images[:16]).numpy()
+    items = [TrainItem(key=f"library:{i}", path=str(encode(a, SR, tmp_path / f"l{i}.wav",
+                                                            "wav")),
+                       weight=1.0, kind=ItemKind.LIBRARY) for i, a in enumerate(audio)]
+    kinds = [ItemKind.UPLOAD] + [ItemKind.LIBRARY] * len(items)  # one upload window first
+    index = {it.key: [1 + i] for i, it in enumerate(items)}
+    w = library_weights(items, kinds, index, model, spec, listener).numpy()
+    assert w[0] == 0 and abs(w.sum() - 1) < 1e-9 and (w[1:] > 0).sum() == 4  # the best 25%
+    assert strings[:16].any() and w[1:][strings[:16]].sum() > 2 * strings[:16].mean()
+    even = library_weights(items, kinds, index, None, spec, listener).numpy()
+    assert even[0] == 0 and np.allclose(even[1:], even[1])  # no trusted model: all alike

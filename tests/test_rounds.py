@@ -4,8 +4,10 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 
+from bot.core.audio import encode
 from bot.core.config import Settings
 from bot.core.feedback import FeedbackService
 from bot.core.rounds import GuildLock, RoundBusy, RoundService
@@ -159,3 +161,26 @@ async def test_the_reward_model_learns_from_past_rounds_ratings_too(env):
     window = await store.track_feedback(GUILD, since=since)
     assert await window_only._history(GUILD, since, window) is window
     assert len(await rounds._history(GUILD, since, window)) == 18
+
+
+async def test_library_songs_join_the_replay_and_corpus_replay_can_be_off(env, tmp_path):
+    settings, store, registry, tracks, _ = env
+    lib = tmp_path / "library"
+    lib.mkdir()
+    for i in range(2):
+        t = np.arange(12 * 16000) / 16000
+        encode((0.3 * np.sin(2 * np.pi * (300 + 100 * i) * t)).astype(np.float32), 16000,
+               lib / f"song{i}.ogg", "ogg")
+    (lib / "broken.mp3").write_text("no audio")
+    rounds = RoundService(settings.model_copy(update={"library_dir": lib,
+                                                      "corpus_replay": "never"}),
+                          store, registry)
+    await rate(store, tracks, 10, 3)
+    events = []
+    summary = await rounds.run_round(GUILD, events.append)
+    assert summary.status == "succeeded", summary.reason
+    assert summary.counts["library"] == 2
+    data = next(e for e in events if isinstance(e, DataEvent))
+    assert data.replay == 0  # no starter corpus
+    # The kept rated tracks' windows, and 4 windows (the most per item) of each song.
+    assert data.windows >= summary.counts["train_tracks"] + 2 * 4

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     finetune_track_share: float = Field(default=0.0, ge=0, le=1)
     finetune_upload_share: float = Field(default=0.1, ge=0, le=1)
     finetune_replay_clips: int = Field(default=512, ge=0)  # the corpus pool (cached)
+    # Corpus replay: "auto" rehearses the starter corpus only with the built-in base (an
+    # imported checkpoint is never pulled toward it unless the operator says "always").
+    corpus_replay: Literal["auto", "always", "never"] = "auto"
+    # The operator's library (bot/core/library.py): a folder of songs, checked like uploads,
+    # that fine-tuning rehearses (the reward model picks what each guild would like), this
+    # share of each batch when it has songs.
+    library_dir: Path | None = None
+    finetune_library_share: float = Field(default=0.3, ge=0, le=1)
     pool_cache_dir: Path | None = None  # default: <data_dir>/cache
     finetune_guide_top: float = Field(default=0.25, gt=0, le=1)  # rehearse the best quarter
     finetune_guide_temperature: float = Field(default=0.5, gt=0)
@@ -116,6 +124,11 @@ class Settings(BaseSettings):
     @property
     def tagger_dir(self) -> Path:
         return self.models_dir / "tagger"
+
+    @property
+    def library_store(self) -> Path:
+        """The library's songs as converted WAVs, and its index."""
+        return self.data_dir / "library"
 
     @property
     def work_dir(self) -> Path:

@@ -36,6 +36,7 @@ from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings
 from bot.core.domain import Origin, RoundStatus
 from bot.core.errors import UserFacingError
+from bot.core.library import LibrarySong, scan_library
 from bot.core.report import RoundRatings, compare, rating_chart, summary_text
 from bot.core.rewards import (
     Listen,
@@ -210,9 +211,11 @@ def _rated(feedback: list[TrackFeedback], rewards_cfg: RewardSettings
 
 def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: Settings,
                        rewards_cfg: RewardSettings,
-                       history: list[TrackFeedback] | None = None) -> TrainingSet:
-    """Rated tracks weighted by reward (best fraction only), uploads, preference pairs, and
-    the reward model's data: the tracks rated in `history` (default: in `feedback`)."""
+                       history: list[TrackFeedback] | None = None,
+                       library: list[LibrarySong] = ()) -> TrainingSet:
+    """Rated tracks weighted by reward (best fraction only), uploads, the library's songs,
+    preference pairs, and the reward model's data: the tracks rated in `history` (default:
+    in `feedback`)."""
     rated, votes, listens, files = _rated(feedback, rewards_cfg)
     keep = rated[: max(1, round(len(rated) * settings.round_top_fraction))]
     weights = reward_weights([r.reward for r in keep], rewards_cfg)
@@ -228,13 +231,16 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
                                tags=dict(tags) if tags else None))
     items += [TrainItem(key=f"upload:{u.id}", path=u.file, weight=rewards_cfg.upload_reward,
                         kind=ItemKind.UPLOAD) for u in uploads]
+    items += [TrainItem(key=f"library:{Path(song.stored).stem}", path=song.stored, weight=1.0,
+                        kind=ItemKind.LIBRARY) for song in library if song.stored]
     pairs = [PreferencePair(f"track:{p.preferred}", f"track:{p.rejected}")
              for p in preference_pairs(votes, rewards_cfg)
              if p.preferred in files and p.rejected in files]
     liked = [files[r.track_id] for r in keep if r.reward > 0] + [u.file for u in uploads]
     counts = {"tracks": len(feedback), "rated_tracks": len(rated), "votes": len(votes),
               "listens": sum(1 for li in listens if li.present_at_start),
-              "uploads": len(uploads), "train_tracks": len(keep), "pairs": len(pairs)}
+              "uploads": len(uploads), "library": sum(1 for song in library if song.stored),
+              "train_tracks": len(keep), "pairs": len(pairs)}
     # The reward model's data: every rated track of the history, the uploads as positives.
     if history is None or history is feedback:
         past, past_files = rated, files
@@ -325,8 +331,9 @@ class RoundService:
             feedback = await self.store.track_feedback(guild, since=since)
             history = await self._history(guild, since, feedback)
             uploads = await self.store.uploads(guild)
+            library = await self._library()
             data = build_training_set(feedback, uploads, self.settings, self._rewards_cfg(),
-                                      history)
+                                      history, library)
             summary.counts = data.counts
             short = self._too_little(data.counts)
             if short:
@@ -361,6 +368,18 @@ class RoundService:
             return window
         return await self.store.track_feedback(guild, since=start)
 
+    async def _library(self) -> list[LibrarySong]:
+        s = self.settings
+        if s.library_dir is None:
+            return []
+        scan = await asyncio.to_thread(scan_library, s.library_dir, s.library_store)
+        return scan.stored
+
+    def _corpus_replay(self) -> bool:
+        s = self.settings
+        return s.corpus_replay == "always" or (s.corpus_replay == "auto"
+                                               and s.base_model == "builtin")
+
     def _too_little(self, counts: dict) -> str | None:
         s = self.settings
         if counts["votes"] < s.round_min_votes or counts["rated_tracks"] < s.round_min_rated_tracks:
@@ -380,7 +399,9 @@ class RoundService:
             pairs=data.pairs, rated=data.rated, steps=s.finetune_steps,
             batch_size=s.finetune_batch_size, lr=s.finetune_lr,
             track_share=s.finetune_track_share, upload_share=s.finetune_upload_share,
-            replay_clips=s.finetune_replay_clips, pool_cache=str(s.cache_dir),
+            library_share=s.finetune_library_share,
+            replay_clips=s.finetune_replay_clips if self._corpus_replay() else 0,
+            pool_cache=str(s.cache_dir),
             guide_top=s.finetune_guide_top, guide_temp=s.finetune_guide_temperature,
             guide_min_corr=s.finetune_guide_min_corr,
             reward_model_out=str(work / "reward_model.json"),
