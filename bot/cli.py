@@ -220,6 +220,10 @@ def build_parser() -> Parser:
     sim.add_argument("--factions", action="store_true",
                      help="half the members want fast tracks with drums, half slow ones "
                      "without (ear community)")
+    sim.add_argument("--outside-style", action="store_true",
+                     help="the community sings: it uploads songs for voices, a style the "
+                     "corpus lacks, and likes tracks that sound like them; each pass prints "
+                     "the feature distance of the new tracks to such songs (ear community)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", type=Path, default=Path("out/simulation"),
                      help="folder for the table (markdown), plot (PNG) and JSON")
@@ -549,7 +553,8 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
                                 "final_per_arm": args.final, "members": args.members,
                                 "finetune_steps": args.steps, "seed": args.seed,
                                 "community": args.community,
-                                "factions": args.factions or None}.items()
+                                "factions": args.factions or None,
+                                "outside_style": args.outside_style or None}.items()
              if v is not None}
     cfg = SimConfig.quick(**flags) if args.quick else SimConfig(**flags)
     variants = ABLATIONS if args.ablation else {"": {}}
@@ -580,7 +585,7 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
         return 0
     result, data = results[""]
     if args.json:
-        print(json.dumps({"rounds": data["rounds"], "diversity": data["diversity"]}))
+        print(json.dumps({k: data[k] for k in ("rounds", "diversity", "wrong_promotions")}))
     else:
         print(markdown(result))
         console.print(f"table, plot and JSON in {args.out}/")

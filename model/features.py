@@ -106,7 +106,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     # A tiny ridge keeps sqrtm stable when a feature is constant in a set (e.g. silence).
     ridge = 1e-6 * np.eye(a.shape[1])
     s1, s2 = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
     covmean = np.real(covmean)
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean))
 

@@ -469,6 +469,7 @@ class _Job:
     pick: int = 0  # seeds the source draw; jobs that share it share a score
     source: str = ""
     attempts: int = 0
+    programs: tuple[int, ...] = ()  # GM programs to play the lead on instead of the family's
 
 
 @dataclass
@@ -511,7 +512,7 @@ def _note(ev: list[tuple[float, int, bytes]], ch: int, pitch: int, vel: int, on:
 
 def _arrange(job: _Job, piece: dict, seconds: float) -> _Arrangement:
     rng = np.random.default_rng([job.seed, 0xA11])
-    program = int(rng.choice(FAMILIES[job.family]))
+    program = int(rng.choice(job.programs or FAMILIES[job.family]))
     lo, hi = TEMPO_RANGES[job.tempo]
     bpm = math.floor(rng.uniform(lo, hi) * 10) / 10  # floor keeps it inside the tag's range
     bars = piece["bars"]
@@ -973,11 +974,13 @@ def score_corpus(n: int, seed: int = 0, seconds: float = 5.0, sample_rate: int =
 
 def render_sources(sources: Sequence[str | Path], seed: int = 0, seconds: float = 5.0,
                    sample_rate: int = 16000, clips_per_source: int = 2,
-                   cache_dir: Path | None = None,
+                   cache_dir: Path | None = None, programs: Sequence[int] = (),
                    ) -> tuple[np.ndarray, list[ClipInfo], list[str]]:
     """Render the given sources (corpus-relative ids or absolute paths), one rendering each,
     `clips_per_source` clips from each: (audio, infos, skipped sources). A source that fails to
-    parse or render is skipped (and logged), never raised."""
+    parse or render is skipped (and logged), never raised. `programs`: GM programs to play
+    them on instead of the instrument families' (music the corpus does not contain; the
+    clips' instrument tag is then meaningless)."""
     _tools()
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     stats = _Stats()
@@ -990,7 +993,7 @@ def render_sources(sources: Sequence[str | Path], seed: int = 0, seconds: float 
                          style=coll.style if coll else "classical",
                          family=str(rng.choice(VOCAB["instrument"])),
                          tempo=str(rng.choice(VOCAB["tempo"])), drums=bool(rng.random() < 0.5),
-                         n_clips=clips_per_source, source=src))
+                         n_clips=clips_per_source, source=src, programs=tuple(programs)))
     pieces: dict[str, dict] = {}
     for source, (piece, err) in _load([j.source for j in jobs], cache_dir).items():
         if piece is not None:

@@ -170,10 +170,13 @@ def test_simulate_runs_the_loop_and_writes_its_outputs(capsys, data_dir, tmp_pat
     out = tmp_path / "sim"
     code, stdout, err = crowdtune(capsys, "simulate", "--rounds", "1", "--tracks", "8",
                                   "--final", "6", "--members", "3", "--steps", "2", "--out",
-                                  str(out), "--json")
+                                  str(out), "--json", "--outside-style")
     assert code == 0, err
     data = json.loads(stdout)
     assert [r["round"] for r in data["rounds"]] == [0, 1]
+    assert all(r["fd_outside"] > 0 for r in data["rounds"])
+    assert "the voices" in err  # rich wraps (and tags) the log lines
+    assert data["wrong_promotions"] in ([], [1])
     keys = {"round", "new_mean", "new_ci", "baseline_mean", "baseline_ci",
             "gain_over_baseline", "p_value"}
     assert all(keys <= set(r) for r in data["rounds"])
@@ -199,7 +202,7 @@ def test_every_ablation_changes_only_real_settings(tmp_path):
         Settings.model_validate(sim.settings.model_dump())  # every value is valid
         seen.add((sim.settings.finetune_track_share, sim.settings.reward.get("star_weight"),
                   sim.settings.reward.get("listen_weight"), cfg.fine_tune, cfg.uploads,
-                  sim.settings.tag_policy, cfg.community))
+                  sim.settings.tag_policy, cfg.community, sim.settings.reward_inputs))
     assert len(seen) == len(ABLATIONS)  # no two variants run the same experiment
 
 

@@ -11,11 +11,14 @@ from bot.experiment.ear import (
     Ear,
     EarCommunity,
     Hearing,
+    StyleDetector,
     hear,
     load_ear,
+    outside_clips,
     quality,
 )
 from model import tags as tagvocab
+from model.scores import score_corpus
 from model.synth import random_params, render
 
 SR = 16000
@@ -106,3 +109,21 @@ def test_the_shipped_ear_hears_tags_better_than_chance():
     for f in FIELDS:  # held out: mode 0.65 of 2, style 0.57 of 6, instrument 0.86 of 8
         assert ear.accuracy[f] > 1.25 / len(tagvocab.VOCAB[f]), f
     assert ear.accuracy["instrument"] > 0.75
+
+
+def test_a_singing_community_hears_voices_and_likes_them(tmp_path):
+    ear = load_ear()
+    detector = StyleDetector.train(ear, tmp_path, n=24)
+    assert detector.accuracy > 0.8  # voices are a style of their own to the ear
+    voices = [hear(a) for a in outside_clips(6, 5, cache_dir=tmp_path)]
+    corpus = [hear(a) for a in score_corpus(6, 5, 5.0, SR, tmp_path)[0]]
+    assert detector.prob(voices).mean() > 0.7 > 0.3 > detector.prob(corpus).mean()
+    singing = EarCommunity(ear, seed=3, outside=detector)
+    plain = EarCommunity(ear, seed=3)
+    # Same members (same taste over tags); only the singing community prefers the voices.
+    gap = singing.expected_matrix(voices).mean() - singing.expected_matrix(corpus).mean()
+    plain_gap = plain.expected_matrix(voices).mean() - plain.expected_matrix(corpus).mean()
+    assert gap > plain_gap + 0.3
+    song = singing.make_upload(singing.members[0], np.random.default_rng(0), 6.0,
+                               n_candidates=2, cache_dir=tmp_path)
+    assert len(song) == 6 * SR and detector.prob([hear(song[: 5 * SR])])[0] > 0.5

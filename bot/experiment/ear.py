@@ -22,6 +22,13 @@ half slow ones without. A member's liking of a clip is their weights averaged un
 ear's beliefs, through a logistic; stars follow as in bot/experiment/community.py (personal
 bias, scale and noise; the quality gate scales what is above one star). Uploads: a member
 shares the starter-corpus song they like best among a few.
+
+**A style outside the corpus** (`outside=`): the community sings. Its members upload
+arrangements for voices (General MIDI choir and voice programs, which no corpus family
+uses) and like tracks that sound like them: a `StyleDetector` (a logistic regression over
+the ear's summary, voices against corpus clips; held-out accuracy 0.92) says how
+vocal a clip sounds, and that adds to every member's liking. The bot can only learn this
+from the uploads: the starter corpus has nothing like it.
 """
 
 from __future__ import annotations
@@ -237,7 +244,7 @@ class EarCommunity:
     bot.experiment.community.Community, with `Hearing`s where that takes features."""
 
     def __init__(self, ear: Ear, seed: int = 0, n_members: int = 12, factions: bool = False,
-                 first_id: int = 1001) -> None:
+                 first_id: int = 1001, outside: StyleDetector | None = None) -> None:
         if n_members < 1:
             raise ValueError("n_members must be >= 1")
         self.ear = ear
@@ -265,6 +272,8 @@ class EarCommunity:
         self._scale = np.array([m.scale for m in members])
         self._bias = np.array([m.bias for m in members])
         self._noise = np.array([m.noise for m in members])
+        self.outside = outside
+        self._outside_taste = OUTSIDE_TASTE * np.exp(rng.normal(0.0, 0.3, n_members))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -275,6 +284,9 @@ class EarCommunity:
     def _liking_quality(self, hearings: list[Hearing]) -> tuple[np.ndarray, np.ndarray]:
         p = self.ear.beliefs(hearings)  # (tracks, values); each field's block sums to 1
         expected = p @ self._w.T / len(FIELDS)  # (tracks, members)
+        if self.outside is not None:  # how vocal it sounds: -1/2 (not at all) .. +1/2
+            expected = expected + (self.outside.prob(hearings)[:, None] - 0.5) * \
+                self._outside_taste[None]
         q = np.array([quality(h) for h in hearings])[:, None]
         return _logistic(LIKING_GAIN * expected), q
 
@@ -320,14 +332,93 @@ class EarCommunity:
 
     def make_upload(self, member: EarMember, rng: np.random.Generator, seconds: float = 20.0,
                     n_candidates: int = 6, cache_dir: Path | None = None) -> np.ndarray:
-        """The starter-corpus song (of `seconds`) `member` likes best among a few."""
+        """The song (of `seconds`) `member` likes best among a few: starter-corpus songs, or
+        songs for voices when the community has the outside style."""
         from model.scores import score_corpus
 
-        audio, _ = score_corpus(n_candidates, int(rng.integers(10**8, 2 * 10**8)), seconds, SR,
-                                cache_dir)
+        seed = int(rng.integers(10**8, 2 * 10**8))
+        if self.outside is not None:
+            audio = outside_clips(n_candidates, seed, seconds, cache_dir)
+        else:
+            audio, _ = score_corpus(n_candidates, seed, seconds, SR, cache_dir)
         hearings = [hear(a) for a in audio]
         i = self.members.index(member)
         return audio[int(self.expected_matrix(hearings)[:, i].argmax())]
+
+
+# --- a style the corpus lacks ------------------------------------------------------------
+
+OUTSIDE_PROGRAMS = (52, 53)  # GM choir aahs, voice oohs: no instrument family of the corpus
+OUTSIDE_SOURCES = ("chorale", "folk", "classical")  # the tunes they sing
+OUTSIDE_TASTE = 0.5  # how much liking a fully vocal clip adds, against a corpus-like one
+OUTSIDE_SEED = 72_000_011
+
+
+def outside_clips(n: int, seed: int, seconds: float = 5.0, cache_dir: Path | None = None
+                  ) -> np.ndarray:
+    """n clips of corpus tunes arranged for voices: (n, seconds * SR)."""
+    from model.scores import catalogue, render_sources
+
+    tunes = [t for style in OUTSIDE_SOURCES for _, ids in catalogue()[style] for t in ids]
+    rng = np.random.default_rng([seed, 0x0575])
+    audio = np.zeros((0, int(seconds * SR)), np.float32)
+    while len(audio) < n:  # a tune that fails to render is skipped: draw more
+        pick = [tunes[i] for i in rng.choice(len(tunes), n - len(audio), replace=False)]
+        more, _, _ = render_sources(pick, int(rng.integers(2**31)), seconds, SR, 1,
+                                    cache_dir, OUTSIDE_PROGRAMS)
+        audio = np.concatenate([audio, more])
+    return audio[:n]
+
+
+@dataclass
+class StyleDetector:
+    """P(a clip sounds like the outside style), from the ear's summary."""
+
+    ear: Ear
+    w: np.ndarray  # (features + 1, 2)
+    accuracy: float  # held-out
+
+    def prob(self, hearings: list[Hearing]) -> np.ndarray:
+        x = (np.stack([h.summary for h in hearings]) - self.ear.mean) / self.ear.scale
+        return _softmax(np.hstack([x, np.ones((len(x), 1))]) @ self.w)[:, 1]
+
+    @classmethod
+    def train(cls, ear: Ear, cache_dir: Path | None = None, n: int = 96,
+              seed: int = OUTSIDE_SEED) -> StyleDetector:
+        path = cache_dir / f"style-detector-{seed}-{n}.npz" if cache_dir else None
+        if path is not None and path.is_file():
+            d = np.load(path)
+            return cls(ear, d["w"], float(d["accuracy"]))
+        from model.scores import score_corpus
+
+        corpus, _ = score_corpus(n, seed, 5.0, SR, cache_dir)
+        hearings = [hear(a) for a in outside_clips(n, seed, 5.0, cache_dir)]
+        hearings += [hear(a) for a in corpus]
+        x = (np.stack([h.summary for h in hearings]) - ear.mean) / ear.scale
+        x = np.hstack([x, np.ones((len(x), 1))])
+        y = np.r_[np.ones(n, int), np.zeros(n, int)]
+        order = np.random.default_rng(seed).permutation(len(x))
+        test, fit = order[: len(x) // 4], order[len(x) // 4:]
+        w = _fit_softmax(x[fit], y[fit], 2, l2=0.05)
+        accuracy = float(np.mean((x[test] @ w).argmax(1) == y[test]))
+        detector = cls(ear, _fit_softmax(x, y, 2, l2=0.05), accuracy)
+        log.info("style detector: held-out accuracy %.2f", accuracy)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, w=detector.w, accuracy=accuracy)
+        return detector
+
+
+# The style detector the simulation uses: trained by `python -m bot.experiment.ear --style`
+# (96 clips for voices against 96 corpus clips) and shipped.
+SHIPPED_STYLE = Path(__file__).parent / "voices.npz"
+
+
+def load_style_detector(ear: Ear, cache_dir: Path | None = None) -> StyleDetector:
+    if SHIPPED_STYLE.is_file():
+        d = np.load(SHIPPED_STYLE)
+        return StyleDetector(ear, d["w"], float(d["accuracy"]))
+    return StyleDetector.train(ear, cache_dir)
 
 
 # The ear the simulation uses: trained by `python -m bot.experiment.ear` (1,024 clips, about
@@ -349,8 +440,15 @@ if __name__ == "__main__":
     ap.add_argument("--clips", type=int, default=1024)
     ap.add_argument("--out", type=Path, default=SHIPPED_EAR)
     ap.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
+    ap.add_argument("--style", action="store_true",
+                    help="train the shipped ear's style detector (voices) instead")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if a.style:
+        detector = StyleDetector.train(load_ear(), None)
+        np.savez(SHIPPED_STYLE, w=detector.w, accuracy=detector.accuracy)
+        print({"held-out accuracy": round(detector.accuracy, 3)})  # noqa: T201
+        raise SystemExit(0)
     trained = train_ear(a.clips, a.cache_dir)
     trained.save(a.out)
     print({f: round(v, 3) for f, v in trained.accuracy.items()})  # noqa: T201

@@ -41,8 +41,14 @@ from bot.core.report import (
 )
 from bot.core.services import Services
 from bot.experiment.community import Community
-from bot.experiment.ear import EarCommunity, load_ear
-from model.features import AudioFeatures, diversity, extract
+from bot.experiment.ear import (
+    OUTSIDE_SEED,
+    EarCommunity,
+    load_ear,
+    load_style_detector,
+    outside_clips,
+)
+from model.features import AudioFeatures, diversity, extract, frechet_distance
 from model.finetune import load_audio
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,9 @@ class SimConfig:
     # the reward model reads (bot/experiment/community.py), kept as an ablation row.
     community: str = "ear"
     factions: bool = False  # ear only: half the members want the opposite tempo and drums
+    # ear only: the community sings (bot/experiment/ear.py): it uploads songs for voices, a
+    # style the corpus lacks, and likes tracks that sound like them
+    outside_style: bool = False
 
     @classmethod
     def quick(cls, **kw: object) -> SimConfig:
@@ -91,6 +100,8 @@ ABLATIONS: dict[str, dict] = {
         "finetune_track_share": 0.65, "finetune_upload_share": 0.1,
         "finetune_guide_min_corr": 1.1}},
     "no tag policy": {"settings": {"tag_policy": False}},
+    "spectral-only reward model": {"settings": {"reward_inputs": "spectral"}},
+    "embedding-only reward model": {"settings": {"reward_inputs": "embedding"}},
     "spectral-feature community": {"community": "features"},
 }
 
@@ -109,6 +120,7 @@ class PassResult:
     rolled_back: str | None = None  # what the round's automatic rollback did, if anything
     round_seconds: float = 0.0
     factions: dict[int, float] = field(default_factory=dict)  # expected stars per faction
+    fd_outside: float | None = None  # outside style: feature FD, new tracks vs voices
 
     def row(self) -> dict:
         stats = round_stats(self.ratings)
@@ -117,6 +129,8 @@ class PassResult:
                 "diversity": round(self.diversity, 3), "promoted": self.promoted,
                 **({"faction_expected": {str(k): round(v, 3) for k, v in self.factions.items()}}
                    if self.factions else {}),
+                **({"fd_outside": round(self.fd_outside, 2)} if self.fd_outside is not None
+                   else {}),
                 "reason": self.reason, "rolled_back": self.rolled_back,
                 "round_seconds": round(self.round_seconds, 1)}
 
@@ -179,10 +193,18 @@ class Simulation:
             **cfg.settings,
         })
         self.rng = np.random.default_rng(cfg.seed)
+        self._outside: np.ndarray | None = None  # features of songs for voices
         if cfg.community == "ear":
+            ear = load_ear(self.settings.cache_dir)
+            detector = None
+            if cfg.outside_style:
+                detector = load_style_detector(ear, self.settings.cache_dir)
+                voices = outside_clips(64, OUTSIDE_SEED + 1, cfg.track_seconds,
+                                       self.settings.cache_dir)
+                self._outside = np.stack([extract(a, 16000).vector() for a in voices])
             self.community: Community | EarCommunity = EarCommunity(
-                load_ear(self.settings.cache_dir), seed=cfg.seed, n_members=cfg.members,
-                factions=cfg.factions)
+                ear, seed=cfg.seed, n_members=cfg.members, factions=cfg.factions,
+                outside=detector)
         elif cfg.community == "features":
             self.community = Community(seed=cfg.seed, n_members=cfg.members)
         else:
@@ -193,6 +215,9 @@ class Simulation:
         start = time.perf_counter()
         shutil.rmtree(self.workdir, ignore_errors=True)
         shutil.copytree(base_dir, self.settings.models_dir / "base")
+        tagger = base_dir.parent / "tagger"  # the reward model's ears, when pretrain made one
+        if tagger.is_dir():
+            shutil.copytree(tagger, self.settings.tagger_dir)
         result = SimResult(config=self.cfg)
         async with await Services.open(self.settings) as services:
             self.services = services
@@ -260,10 +285,13 @@ class Simulation:
             expected_se=float(np.std(expected, ddof=1) / np.sqrt(len(expected))),
             taste=_taste(new_feats), diversity=diversity(z),
             factions=(self.community.faction_scores(new_heard)
-                      if isinstance(self.community, EarCommunity) else {}))
+                      if isinstance(self.community, EarCommunity) else {}),
+            fd_outside=(None if self._outside is None else frechet_distance(vecs, self._outside)))
         new_m, _, _ = mean_ci(ratings.get(GENERATED, []))
         base_m, _, _ = mean_ci(ratings.get(BASELINE, []))
-        self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars")
+        self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars"
+                 + ("" if result.fd_outside is None
+                    else f"; distance to the voices {result.fd_outside:.1f}"))
         return result
 
     async def _uploads(self, k: int) -> None:
@@ -320,6 +348,10 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
               "", "Promotions followed by a drop in expected stars (beyond two standard "
               f"errors): {', '.join(f'round {k}' for k in wrong) if wrong else 'none'}.",
               *([f"Automatic rollbacks: {'; '.join(rollbacks)}."] if rollbacks else [])]
+    if result.passes[0].fd_outside is not None:
+        lines += ["", "Feature Fréchet distance between the new model's tracks and songs for "
+                  "voices (the community's style, outside the corpus), per pass: "
+                  + ", ".join(f"{p.fd_outside:.1f}" for p in result.passes) + "."]
     if result.passes[0].factions:
         first = result.passes[0].factions
         lines += ["", "Expected stars per faction, base -> last: " + "; ".join(
