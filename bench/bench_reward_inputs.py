@@ -12,7 +12,9 @@ model/reward_model.py it prints:
 - transfer r: correlation of its predictions on the 512 starter-corpus clips fine-tuning
   rehearses with the community's noise-free mean stars of those clips (what guided replay
   needs: it picks the clips to rehearse by these predictions);
-- the penalty the grid chose, and seconds to fit.
+- the penalty the grid chose, and seconds to fit;
+and, as a ceiling for the held-out r, how well the rewards themselves (noisy votes) correlate
+with the community's noise-free mean stars of the same clips.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def main() -> None:
         community = Community(seed=a.seed, n_members=a.members)  # type: ignore[assignment]
         judge = lambda audio: extract(audio, sr)  # noqa: E731
     nrng = np.random.default_rng(a.seed)
-    stars = community.rate_tracks([judge(x) for x in audios], nrng)  # type: ignore[arg-type]
+    heard_by_members = [judge(x) for x in audios]
+    stars = community.rate_tracks(heard_by_members, nrng)  # type: ignore[arg-type]
     present = nrng.random(stars.shape) < 0.7
     votes = [Vote(i, m.id, int(stars[i, j])) for i in range(a.n)
              for j, m in enumerate(community.members) if present[i, j]]
@@ -88,7 +91,10 @@ def main() -> None:
     pool_audio = listener.codec.decode(pool.images).numpy()
     truth = np.array([community.score(judge(x)) for x in pool_audio])  # type: ignore[arg-type]
 
-    print(f"\n{a.community} community, {a.members} members, {len(votes)} votes on {a.n} clips")
+    expected = np.array([community.score(h) for h in heard_by_members])  # type: ignore[arg-type]
+    ceiling = float(np.corrcoef(y, expected)[0, 1])
+    print(f"\n{a.community} community, {a.members} members, {len(votes)} votes on {a.n} clips; "
+          f"the rewards' own r with the noise-free scores: {ceiling:.2f} (a ceiling)")
     print("| inputs | held-out r | transfer r (corpus) | alpha | fit s |")
     print("|---|---|---|---|---|")
     for inputs in INPUTS:

@@ -224,6 +224,9 @@ def build_parser() -> Parser:
                      help="the community sings: it uploads songs for voices, a style the "
                      "corpus lacks, and likes tracks that sound like them; each pass prints "
                      "the feature distance of the new tracks to such songs (ear community)")
+    sim.add_argument("--library", type=int, metavar="N", default=None,
+                     help="an operator's library of N 20-s songs in the community's style "
+                     "(songs for voices with --outside-style)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", type=Path, default=Path("out/simulation"),
                      help="folder for the table (markdown), plot (PNG) and JSON")
@@ -554,7 +557,8 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
                                 "finetune_steps": args.steps, "seed": args.seed,
                                 "community": args.community,
                                 "factions": args.factions or None,
-                                "outside_style": args.outside_style or None}.items()
+                                "outside_style": args.outside_style or None,
+                                "library": args.library}.items()
              if v is not None}
     cfg = SimConfig.quick(**flags) if args.quick else SimConfig(**flags)
     variants = ABLATIONS if args.ablation else {"": {}}
@@ -571,15 +575,18 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
         results[name] = (result, data)
     if args.ablation:
         rows = {name: {**data["rounds"][-1], "diversity_vs_base":
-                       data["diversity"]["final_vs_base"]} for name, (_, data) in results.items()}
+                       data["diversity"]["final_vs_base"],
+                       "wrong_promotions": len(data["wrong_promotions"])}
+                for name, (_, data) in results.items()}
         summary = {"ablation": rows}
         lines = ["| variant | final new mean | baseline mean | gain | p | diversity vs base | "
-                 "flatness | loudness dB |", "|---|---|---|---|---|---|---|---|"]
+                 "wrong promotions | flatness | loudness dB |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             lines.append(f"| {name} | {r['new_mean']} | {r['baseline_mean']} | "
                          f"{r['gain_over_baseline']} | {r['p_value']} | "
-                         f"{r['diversity_vs_base']:.0%} | {r['flatness']} | "
-                         f"{r['loudness_db']} |")
+                         f"{r['diversity_vs_base']:.0%} | {r['wrong_promotions']} | "
+                         f"{r['flatness']} | {r['loudness_db']} |")
         (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
         print(json.dumps(summary) if args.json else "\n".join(lines))
         return 0

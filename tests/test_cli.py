@@ -202,7 +202,8 @@ def test_every_ablation_changes_only_real_settings(tmp_path):
         Settings.model_validate(sim.settings.model_dump())  # every value is valid
         seen.add((sim.settings.finetune_track_share, sim.settings.reward.get("star_weight"),
                   sim.settings.reward.get("listen_weight"), cfg.fine_tune, cfg.uploads,
-                  sim.settings.tag_policy, cfg.community, sim.settings.reward_inputs))
+                  sim.settings.tag_policy, cfg.community, sim.settings.reward_inputs,
+                  sim.settings.library_dir is not None))
     assert len(seen) == len(ABLATIONS)  # no two variants run the same experiment
 
 

@@ -80,6 +80,9 @@ class SimConfig:
     # ear only: the community sings (bot/experiment/ear.py): it uploads songs for voices, a
     # style the corpus lacks, and likes tracks that sound like them
     outside_style: bool = False
+    # Songs in the operator's library (bot/core/library.py), 20 s each: songs for voices
+    # with the outside style, else starter-corpus songs; 0: no library.
+    library: int = 0
 
     @classmethod
     def quick(cls, **kw: object) -> SimConfig:
@@ -103,6 +106,7 @@ ABLATIONS: dict[str, dict] = {
     "spectral-only reward model": {"settings": {"reward_inputs": "spectral"}},
     "embedding-only reward model": {"settings": {"reward_inputs": "embedding"}},
     "spectral-feature community": {"community": "features"},
+    "with a library of 24 songs": {"library": 24},
 }
 
 
@@ -190,6 +194,7 @@ class Simulation:
                        **({} if cfg.use_stars else {"star_weight": 0.0}),
                        **({} if cfg.use_listening else {"listen_weight": 0.0})},
             "dpo_weight": settings.dpo_weight if cfg.use_stars else 0.0,
+            "library_dir": workdir / "library" if cfg.library else None,
             **cfg.settings,
         })
         self.rng = np.random.default_rng(cfg.seed)
@@ -218,6 +223,8 @@ class Simulation:
         tagger = base_dir.parent / "tagger"  # the reward model's ears, when pretrain made one
         if tagger.is_dir():
             shutil.copytree(tagger, self.settings.tagger_dir)
+        if self.cfg.library:
+            self._library(self.workdir / "library")
         result = SimResult(config=self.cfg)
         async with await Services.open(self.settings) as services:
             self.services = services
@@ -293,6 +300,17 @@ class Simulation:
                  + ("" if result.fd_outside is None
                     else f"; distance to the voices {result.fd_outside:.1f}"))
         return result
+
+    def _library(self, folder: Path) -> None:
+        """The operator's library: songs in the community's style (see SimConfig.library)."""
+        from model.scores import score_corpus
+
+        folder.mkdir(parents=True)
+        seed, cache = self.cfg.seed + 31_000, self.settings.cache_dir
+        songs = (outside_clips(self.cfg.library, seed, 20.0, cache) if self.cfg.outside_style
+                 else score_corpus(self.cfg.library, seed, 20.0, 16000, cache)[0])
+        for i, song in enumerate(songs):
+            encode(song, 16000, folder / f"song-{i}.ogg", "ogg")
 
     async def _uploads(self, k: int) -> None:
         folder = self.workdir / "incoming"
