@@ -71,6 +71,7 @@ from model.contracts import (
 )
 from model.corpus_pool import CorpusPool, load_pool, pool_corpus
 from model.files import atomic_dir
+from model.lora import AdapterConfig, add_adapter, is_adapter, load_adapter_state, save_adapter
 from model.pipeline import CrowdtunePipeline
 from model.reward_model import Heard, Listener, RewardModel
 from model.training import (
@@ -270,6 +271,25 @@ def dpo_term(ref_unet: torch.nn.Module, scheduler, latents: torch.Tensor,
     return term
 
 
+def load_for_training(spec: FinetuneSpec
+                      ) -> tuple[CrowdtunePipeline, AdapterConfig | None,
+                                 list[torch.nn.Parameter] | None]:
+    """The parent to train: whole (full fine-tuning), or, with `lora_rank` > 0, its base
+    version with a LoRA adapter to train (the parent's own adapter when it is one, so a
+    lineage keeps one adapter over one base; its rank then wins)."""
+    parent = Path(spec.parent_dir)
+    if spec.lora_rank <= 0:
+        return CrowdtunePipeline.from_pretrained(parent), None, None
+    state = None
+    if is_adapter(parent):
+        cfg = AdapterConfig.load(parent)
+        state = load_adapter_state(parent)
+    else:
+        cfg = AdapterConfig(rank=spec.lora_rank, alpha=spec.lora_alpha, base=parent.name)
+    pipe = CrowdtunePipeline.from_pretrained(parent.parent / cfg.base)
+    return pipe, cfg, add_adapter(pipe.unet, cfg, state)
+
+
 def fit_config(spec: FinetuneSpec) -> FitConfig:
     """Fine-tuning's settings of the training core: constant LR, and a short EMA
     (decay min(ema_decay, (1 + s) / (10 + s))) that smooths the last few dozen steps."""
@@ -281,7 +301,7 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
-    pipe = CrowdtunePipeline.from_pretrained(spec.parent_dir)
+    pipe, adapter, trainable = load_for_training(spec)
     images, weights, kinds, index, tags = item_images(pipe, spec.items, spec.windows_per_item)
     listener = load_listener(spec.tagger_dir)
     model, guide = fit_guide(spec.rated, spec, listener)
@@ -340,9 +360,13 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
         ref_unet = copy.deepcopy(pipe.unet).eval().requires_grad_(False)
         extra = dpo_term(ref_unet, pipe.scheduler, latents, pairs, spec,
                          None if labels is None else labels[:len(latents)])
-    losses = fit(pipe.unet, pipe.scheduler, draw_batch, fit_config(spec), extra, on_step)
+    losses = fit(pipe.unet, pipe.scheduler, draw_batch, fit_config(spec), extra, on_step,
+                 trainable)
     with atomic_dir(Path(spec.out_dir)) as tmp:  # a killed child leaves no candidate
-        pipe.save_pretrained(tmp)  # fit leaves the EMA weights on the CPU
+        if adapter is None:
+            pipe.save_pretrained(tmp)  # fit leaves the EMA weights on the CPU
+        else:
+            save_adapter(pipe.unet, adapter, tmp)
     result = TrainResult(**asdict(data), final_loss=round(float(np.mean(losses[-10:])), 4),
                          seconds=round(time.perf_counter() - start, 1))
     report(result)

@@ -44,6 +44,7 @@ from diffusers import (
 
 from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
+from model.lora import AdapterConfig, is_adapter, merge_into
 from model.registry import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -378,10 +379,19 @@ class CrowdtunePipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path,
                         **_: object) -> CrowdtunePipeline:
-        """Load our folders or an AudioDiffusionPipeline-format checkpoint (folder or hub id)."""
+        """Load our folders or an AudioDiffusionPipeline-format checkpoint (folder or hub id).
+        A LoRA adapter version (model/lora.py) loads its base version and merges into it."""
         folder = Path(pretrained_model_name_or_path)
         if not folder.is_dir():
             folder = _download(str(pretrained_model_name_or_path))
+        if is_adapter(folder):
+            base = folder.parent / AdapterConfig.load(folder).base
+            if is_adapter(base) or not base.is_dir():
+                raise CheckpointError(f"{folder}: its base {base.name} is missing or not a "
+                                      "full model")
+            pipe = cls.from_pretrained(base)
+            merge_into(pipe.unet, folder)
+            return pipe
         index_path = folder / "model_index.json"
         if not index_path.is_file():
             raise CheckpointError(f"{folder} is not a model folder (no model_index.json)")

@@ -13,9 +13,13 @@ rollback rewrite ACTIVE with os.replace: readers see the old or the new version,
 neither. Weights are stored in half precision (half the disk; loading casts them back to
 the compute dtype).
 
+A version is a full copy of the pipeline or, trained with LoRA, an adapter (`adapter.json`,
+`adapter.safetensors`: model/lora.py) over another version of the guild, its base.
+
 Retention (`prune`): a guild keeps its active version and its ancestors back to v0001 (the
-way back, and the base the baseline arm plays), its newest `keep_recent` versions and the
-versions a moderator pinned (PINNED, one name a line); the rest are deleted. Version numbers
+way back, and the base the baseline arm plays), its newest `keep_recent` versions, the
+versions a moderator pinned (PINNED, one name a line), and the base of every adapter it
+keeps; the rest are deleted. Version numbers
 are never reused: the newest version is always kept.
 """
 
@@ -34,6 +38,13 @@ log = logging.getLogger(__name__)
 
 META = "version.json"
 PINNED = "PINNED"
+ADAPTER_CONFIG = "adapter.json"  # a version that is a LoRA adapter (model/lora.py)
+
+
+def adapter_base(folder: Path) -> str | None:
+    """The version an adapter version changes (a sibling folder); None for a full copy."""
+    path = Path(folder) / ADAPTER_CONFIG
+    return str(json.loads(path.read_text())["base"]) if path.is_file() else None
 
 
 class CheckpointError(Exception):
@@ -205,6 +216,10 @@ class ModelRegistry:
         for name in self.pinned(guild):
             if name in versions:
                 why.setdefault(name, []).append("pinned")
+        for name in list(why):  # an adapter needs the full version it changes
+            base = adapter_base(self.version_dir(guild, name))
+            if base in versions:
+                why.setdefault(base, []).append(f"base of {name}")
         return why
 
     def prune(self, guild: str | int, keep_recent: int) -> list[str]:

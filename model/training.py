@@ -136,24 +136,26 @@ class FitConfig:
 
 def fit(unet: torch.nn.Module, scheduler: DDPMScheduler, draw_batch: DrawBatch,
         cfg: FitConfig, extra_loss: ExtraLoss | None = None,
-        on_step: OnStep | None = None) -> list[float]:
+        on_step: OnStep | None = None,
+        params: list[torch.nn.Parameter] | None = None) -> list[float]:
     """Train `unet` to denoise batches from `draw_batch(generator)` for `cfg.steps` steps.
 
     Per step: a batch, then its noise and timesteps, all drawn from one generator seeded by
     `cfg.seed` (plus the process index under `accelerate launch`), on the CPU; the weighted
     denoising loss, plus `extra_loss(unet, generator, device)` when given; backward, clip,
     AdamW, LR schedule, EMA update. Returns the loss per step. The unet ends in eval mode,
-    on the CPU, holding the EMA weights.
+    on the CPU, holding the EMA weights. `params`: the parameters to train (default: all;
+    a LoRA adapter's factors, model/lora.py).
     """
     accelerator = Accelerator()
     device = accelerator.device
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(unet.parameters()) if params is None else params
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     model, opt, sched = accelerator.prepare(unet, opt, sched)
-    raw = accelerator.unwrap_model(model)
-    ema = cfg.ema(raw.parameters())  # after prepare: the shadow weights live on the device
+    ema = cfg.ema(params)  # after prepare: the shadow weights live on the device
     n_train = scheduler.config.num_train_timesteps
     losses: list[float] = []
     for step in range(cfg.steps):
@@ -168,15 +170,15 @@ def fit(unet: torch.nn.Module, scheduler: DDPMScheduler, draw_batch: DrawBatch,
             loss = loss + extra_loss(model, gen, device)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            accelerator.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        ema.step(raw.parameters())
+        ema.step(params)
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, cfg.steps, losses[-1])
-    ema.copy_to(raw.parameters())
-    raw.to("cpu").eval()
+    ema.copy_to(params)
+    accelerator.unwrap_model(model).to("cpu").eval()
     accelerator.free_memory()
     return losses

@@ -121,9 +121,9 @@ def test_pretraining_and_finetuning_both_train_through_the_core(monkeypatch, tmp
     calls = []
     real_fit = train_mod.fit
 
-    def spy(unet, scheduler, draw_batch, cfg, extra_loss=None, on_step=None):
+    def spy(unet, scheduler, draw_batch, cfg, extra_loss=None, on_step=None, params=None):
         calls.append(cfg)
-        return real_fit(unet, scheduler, draw_batch, cfg, extra_loss, on_step)
+        return real_fit(unet, scheduler, draw_batch, cfg, extra_loss, on_step, params)
 
     monkeypatch.setattr(train_mod, "fit", spy)
     monkeypatch.setattr(finetune_mod, "fit", spy)

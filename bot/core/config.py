@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     finetune_steps: int = Field(default=150, ge=1)
     finetune_batch_size: int = Field(default=16, ge=2)
     finetune_lr: float = Field(default=1e-4, gt=0)
+    # >0: fine-tune a LoRA adapter of this rank (model/lora.py; a version is then ~1-2 MB
+    # instead of a 21 MB copy); 0: full fine-tuning, the default until measured as good.
+    finetune_lora_rank: int = Field(default=0, ge=0, le=256)
+    finetune_lora_alpha: float = Field(default=8.0, gt=0)
     # Shares of each fine-tuning batch (model/finetune.py): the best-rated generated tracks
     # (0: training on the model's own output amplified its artifacts, measured), the
     # uploads; the rest is starter-corpus replay guided by the guild's reward model.
