@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=8, help="clips per tag value")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--guidance-share", type=float, default=None,
+                    help="share of the steps (noisiest first) with classifier-free guidance")
     ap.add_argument("--sheet", type=Path, default=None)
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -56,6 +58,8 @@ def main() -> None:
     tagger = Tagger.load(Path(a.tagger))
     sr = pipe.mel.config.sample_rate
     extra = {} if a.guidance is None else {"guidance": a.guidance}
+    if a.guidance_share is not None:
+        extra["guidance_share"] = a.guidance_share
     asked, images, audios = [], [], []
     for field, values in VOCAB.items():
         for value in values:

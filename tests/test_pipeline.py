@@ -190,3 +190,23 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
         CrowdtunePipeline.from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="cannot find or download"):
         CrowdtunePipeline.from_pretrained("nobody/no-such-model-offline")
+
+
+def test_guidance_covers_only_its_share_of_the_steps():
+    pipe = tiny_pipeline()
+    batches = []
+    forward = pipe.unet.forward
+
+    def counting(x, t, **kw):
+        batches.append(len(x))
+        return forward(x, t, **kw)
+
+    pipe.unet.forward = counting
+    pipe(batch_size=2, num_inference_steps=4, tags={"mode": "minor"}, guidance_share=0.5)
+    assert batches == [4, 4, 2, 2]  # guided steps run both passes in one batch
+    batches.clear()
+    pipe(batch_size=2, num_inference_steps=4, tags={"mode": "minor"})  # the default: all
+    assert batches == [4, 4, 4, 4]
+    batches.clear()
+    pipe(batch_size=2, num_inference_steps=4, guidance_share=0.5)  # nothing asked: one pass
+    assert batches == [2, 2, 2, 2]
