@@ -73,9 +73,8 @@ def evaluate(spec: EvalSpec) -> Verdict:
     zc, zn = (xc - mu) / sd, (xn - mu) / sd
 
     listener = load_listener(spec.tagger_dir)
-    model = None
     if spec.reward_model and Path(spec.reward_model).is_file():
-        model = RewardModel.load(Path(spec.reward_model))
+        model: RewardModel | None = RewardModel.load(Path(spec.reward_model))
     else:
         model = fit_reward_model(spec.rated, listener, spec.reward_inputs)
     reward: dict[str, float] = {}

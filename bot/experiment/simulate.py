@@ -66,6 +66,7 @@ class SimConfig:
     track_seconds: float = 5.0
     finetune_steps: int = 300
     eval_clips: int = 24
+    sampler_steps: int | None = None  # None: the settings' (CROWDTUNE_SAMPLER_STEPS)
     seed: int = 0
     uploads: bool = True  # members share songs, and a share of tracks is upload-seeded
     fine_tune: bool = True
@@ -86,9 +87,12 @@ class SimConfig:
 
     @classmethod
     def quick(cls, **kw: object) -> SimConfig:
-        # Sized so that `make demo` on a fresh 2-core machine stays within 10 minutes.
-        return replace(cls(rounds=3, tracks_per_round=40, final_per_arm=32,
-                           finetune_steps=100, eval_clips=12), **kw)
+        # Sized so that `make demo` on a fresh 2-core machine stays within 10 minutes: tagged
+        # generation costs two UNet passes a step, so it samples with 10 steps (measured on
+        # the shipped base against 20: feature FD 27.9 vs 23.9, corpus split-half 30.5; the
+        # tagger hears the asked instrument on 88% vs 96%, tempo 78% vs 67%, drums 100%).
+        return replace(cls(rounds=3, tracks_per_round=32, final_per_arm=32,
+                           finetune_steps=100, eval_clips=8, sampler_steps=10), **kw)
 
 
 ABLATIONS: dict[str, dict] = {
@@ -189,6 +193,7 @@ class Simulation:
             "data_dir": workdir / "data", "track_seconds": cfg.track_seconds,
             "pool_cache_dir": settings.cache_dir,  # shared: built once by `pretrain`
             "finetune_steps": cfg.finetune_steps, "eval_clips": cfg.eval_clips,
+            **({"sampler_steps": cfg.sampler_steps} if cfg.sampler_steps else {}),
             "upload_seeded_share": 0.25 if cfg.uploads else 0.0,
             "reward": {**settings.reward,
                        **({} if cfg.use_stars else {"star_weight": 0.0}),
