@@ -203,7 +203,7 @@ def build_parser() -> Parser:
     sim = sub.add_parser("simulate", help="offline community simulation: the paper's "
                          "experiment, through the real services")
     sim.add_argument("--quick", action="store_true",
-                     help="3 rounds, 32 tracks a round, 32 per arm at the end, 10 sampler "
+                     help="3 rounds, 24 tracks a round, 24 per arm at the end, 10 sampler "
                      "steps (under 10 min on 2 cores; the default is 5 rounds, 96 tracks, 160 "
                      "per arm, ~90 min)")
     sim.add_argument("--ablation", action="store_true",
