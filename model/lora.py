@@ -56,41 +56,38 @@ def is_adapter(folder: Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
-class LoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+class _Lora(nn.Module):
+    """A frozen base layer plus scale x B(A(x)); B starts at zero (no change)."""
+
+    def __init__(self, base: nn.Module, lora_a: nn.Module, lora_b: nn.Module,
+                 scale: float) -> None:
         super().__init__()
         self.base = base.requires_grad_(False)
-        self.lora_a = nn.Linear(base.in_features, rank, bias=False)
-        self.lora_b = nn.Linear(rank, base.out_features, bias=False)
+        self.lora_a, self.lora_b, self.scale = lora_a, lora_b, scale
         nn.init.kaiming_uniform_(self.lora_a.weight, a=5 ** 0.5)
         nn.init.zeros_(self.lora_b.weight)
-        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
 
     def delta(self) -> torch.Tensor:
-        return self.scale * self.lora_b.weight @ self.lora_a.weight
-
-
-class LoraConv2d(nn.Module):
-    def __init__(self, base: nn.Conv2d, rank: int, scale: float) -> None:
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        self.lora_a = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride,
-                                base.padding, base.dilation, bias=False)
-        self.lora_b = nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=5 ** 0.5)
-        nn.init.zeros_(self.lora_b.weight)
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * self.lora_b(self.lora_a(x))
-
-    def delta(self) -> torch.Tensor:
-        a = self.lora_a.weight.flatten(1)  # (rank, in * k * k)
+        """The change to the base weight: scale x B @ A, in the weight's shape."""
+        a = self.lora_a.weight.flatten(1)  # (rank, in [* k * k])
         b = self.lora_b.weight.flatten(1)  # (out, rank)
         return self.scale * (b @ a).view_as(self.base.weight)
+
+
+class LoraLinear(_Lora):
+    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
+        super().__init__(base, nn.Linear(base.in_features, rank, bias=False),
+                         nn.Linear(rank, base.out_features, bias=False), scale)
+
+
+class LoraConv2d(_Lora):
+    def __init__(self, base: nn.Conv2d, rank: int, scale: float) -> None:
+        super().__init__(base, nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride,
+                                         base.padding, base.dilation, bias=False),
+                         nn.Conv2d(rank, base.out_channels, 1, bias=False), scale)
 
 
 def _targets(unet: nn.Module, cfg: AdapterConfig) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -99,8 +96,7 @@ def _targets(unet: nn.Module, cfg: AdapterConfig) -> list[tuple[nn.Module, str, 
     for name, module in unet.named_modules():
         if not any(name == t or name.endswith("." + t) for t in cfg.targets):
             continue
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(
-                module, (LoraLinear, LoraConv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and not isinstance(module, _Lora):
             parent_name, _, attr = name.rpartition(".")
             out.append((unet.get_submodule(parent_name), attr, module))
     return out
@@ -131,7 +127,7 @@ def adapter_state(unet: nn.Module) -> dict[str, torch.Tensor]:
 def remove_adapter(unet: nn.Module, merge: bool = True) -> None:
     """Unwrap the adapter's layers, merging their change into the base weights (or not)."""
     for name, module in list(unet.named_modules()):
-        if isinstance(module, (LoraLinear, LoraConv2d)):
+        if isinstance(module, _Lora):
             if merge:
                 with torch.no_grad():
                     module.base.weight += module.delta().to(module.base.weight.dtype)

@@ -48,7 +48,7 @@ from bot.core.rewards import (
 )
 from bot.core.rewards import training_weights as reward_weights
 from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback
-from bot.core.tag_policy import PolicyConfig, TagPolicy
+from bot.core.tag_policy import TagPolicy
 from bot.core.tracks import mel_file
 from model.contracts import (
     ErrorEvent,
@@ -250,18 +250,14 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     rated_rows += [RatedFile(path=u.file, reward=rewards_cfg.upload_reward) for u in uploads]
     counts["reward_model_tracks"] = len(past)
     return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows,
-                       eval_tags=eval_tags(history or feedback, settings, rewards_cfg))
+                       eval_tags=eval_tags(history or feedback, settings))
 
 
-def eval_tags(feedback: list[TrackFeedback], settings: Settings, rewards_cfg: RewardSettings
-              ) -> list[dict[str, str]] | None:
+def eval_tags(feedback: list[TrackFeedback], settings: Settings) -> list[dict[str, str]] | None:
     """The tags evaluation makes its clips with: draws from the guild's tag policy, so the
     candidate is judged on what it will be asked for; None (uniform) when it has none."""
-    if not settings.tag_policy:
-        return None
-    policy = TagPolicy.from_feedback(feedback, rewards_cfg, PolicyConfig(
-        explore=settings.tag_explore))
-    if policy.rated == 0:
+    policy = TagPolicy.for_guild(feedback, settings)
+    if not settings.tag_policy or policy.rated == 0:
         return None
     return [policy.draw(random.Random(i)) for i in range(settings.eval_clips)]
 

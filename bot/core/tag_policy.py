@@ -26,6 +26,7 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from bot.core.config import Settings
 from bot.core.rewards import DEFAULT_SETTINGS, Listen, RewardSettings, Vote, track_rewards
 from bot.core.store import TrackFeedback
 from model import tags as tagvocab
@@ -81,6 +82,15 @@ class TagPolicy:
         rewards = track_rewards(votes, listens, rewards_cfg)
         tags = {f.track.id: f.track.tags or {} for f in feedback}
         return cls.fit(((tags[t], r.reward) for t, r in rewards.items() if r.n_votes > 0), cfg)
+
+    @classmethod
+    def for_guild(cls, feedback: Iterable[TrackFeedback], settings: Settings) -> TagPolicy:
+        """The policy the settings ask for: learnt from `feedback` (rewards and exploration
+        as configured), or uniform with `tag_policy` off."""
+        if not settings.tag_policy:
+            return cls.fit([], PolicyConfig(explore=1.0))
+        return cls.from_feedback(feedback, RewardSettings(**settings.reward),
+                                 PolicyConfig(explore=settings.tag_explore))
 
     @property
     def rated(self) -> int:

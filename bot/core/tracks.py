@@ -15,9 +15,8 @@ import numpy as np
 from bot.core.audio import encode
 from bot.core.config import Settings
 from bot.core.domain import Origin
-from bot.core.rewards import RewardSettings
 from bot.core.store import ModelVersionRow, Store
-from bot.core.tag_policy import PolicyConfig, TagPolicy
+from bot.core.tag_policy import TagPolicy
 from bot.core.worker import GenerationJob, GenerationWorker
 from model import tags as tagvocab
 from model.registry import ModelRegistry, VersionInfo
@@ -108,11 +107,9 @@ class TrackService:
         its tracks of the last `reward_history_days`; uniform with `tag_policy` off."""
         s = self.settings
         if not s.tag_policy:
-            return TagPolicy.fit([], PolicyConfig(explore=1.0))
+            return TagPolicy.for_guild([], s)
         since = self.store.now() - s.reward_history_days * 86400 if s.reward_history_days else None
-        feedback = await self.store.track_feedback(guild, since=since)
-        return TagPolicy.from_feedback(feedback, RewardSettings(**s.reward),
-                                       PolicyConfig(explore=s.tag_explore))
+        return TagPolicy.for_guild(await self.store.track_feedback(guild, since=since), s)
 
     async def default_tags(self, guild: str, origin: Origin, seeds: Sequence[int]
                            ) -> list[tagvocab.Tags]:
