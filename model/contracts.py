@@ -280,3 +280,21 @@ def parse_event(line: str | bytes, done: type[ChildEvent]) -> ChildEvent | None:
     kind = data.pop("event", None)
     cls = done if kind == "done" else _EVENTS.get(kind)  # type: ignore[arg-type]
     return None if cls is None else from_dict(cls, data)
+
+
+def exit_with_parent() -> None:
+    """End this child process when its parent dies (a killed bot or simulation must not leave
+    a model process burning the cores). A thread watches for re-parenting; the kernel's
+    parent-death signal would fire when the spawning *thread* ends, which is too early."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

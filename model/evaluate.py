@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.contracts import ErrorEvent, EvalMetrics, EvalSpec, Verdict
+from model.contracts import ErrorEvent, EvalMetrics, EvalSpec, Verdict, exit_with_parent
 from model.features import diversity, extract
 from model.finetune import fit_reward_model, load_audio, load_listener, print_event
 from model.pipeline import CrowdtunePipeline, best_device
@@ -131,6 +131,7 @@ def verdict(m: EvalMetrics, spec: EvalSpec) -> Verdict:
 
 
 def main() -> None:
+    exit_with_parent()
     spec = EvalSpec.load(Path(sys.argv[1]))
     try:
         print_event(evaluate(spec))

@@ -68,6 +68,7 @@ from model.contracts import (
     StepEvent,
     TrainItem,
     TrainResult,
+    exit_with_parent,
 )
 from model.corpus_pool import CorpusPool, load_pool, pool_corpus
 from model.files import atomic_dir
@@ -374,6 +375,7 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
 
 
 def main() -> None:
+    exit_with_parent()
     logging.basicConfig(level=logging.WARNING)
     spec = FinetuneSpec.load(Path(sys.argv[1]))
     try:

@@ -126,3 +126,45 @@ async def test_run_child_reads_typed_events_and_the_error_line(tmp_path, monkeyp
     with pytest.raises(ChildFailed, match="exited with status 1: ValueError: no windows"):
         await run_child("fakechild", tmp_path / "spec.json", tmp_path / "log", 30,
                         done=TrainResult)
+
+
+def test_a_child_process_ends_when_its_parent_is_killed(tmp_path):
+    """A killed bot or simulation leaves no model process behind (exit_with_parent)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    child = ("import os, sys, time; from model.contracts import exit_with_parent; "
+             f"exit_with_parent(); open({str(pidfile)!r}, 'w').write(str(os.getpid())); "
+             "time.sleep(60)")
+    parent = ("import subprocess, sys, time; "
+              f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.monotonic() < deadline, "the child never started"
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            # A zombie re-parented to init counts as gone once reaped; check its state.
+            try:
+                state = open(f"/proc/{pid}/stat").read().split()[2]
+            except FileNotFoundError:
+                break
+            if state == "Z":
+                break
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.1)
+    finally:
+        proc.kill()

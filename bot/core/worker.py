@@ -51,6 +51,10 @@ class GenerationResult:
 def _init_worker(threads: int) -> None:
     import torch
 
+    from model.contracts import exit_with_parent
+
+    exit_with_parent()
+
     torch.set_num_threads(threads)
 
 
