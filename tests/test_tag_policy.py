@@ -11,7 +11,7 @@ from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.feedback import FeedbackService
 from bot.core.store import ModelVersionRow, Store
-from bot.core.tag_policy import PolicyConfig, TagPolicy
+from bot.core.tag_policy import PolicyConfig, TagPolicy, taste_lines
 from bot.core.tracks import TrackService
 from model import tags as tagvocab
 from model.registry import ModelRegistry
@@ -75,3 +75,49 @@ async def test_the_track_service_learns_the_guilds_taste_but_not_for_the_baselin
                                    tag_policy=False)
         off = await tracks.default_tags("g", Origin.GENERATED, range(400))
         assert 0.4 < sum(t["mode"] == "minor" for t in off) / 400 < 0.6
+
+
+def camp_votes(opposed: bool, n: int = 96, seed: int = 0):
+    """10 members rate n tracks with uniform tags: all like piano; with `opposed`, members
+    0-4 want fast tracks and 5-9 slow ones (each hates the other's favourite)."""
+    from bot.core.rewards import Vote
+
+    rng = random.Random(seed)
+    tags, votes = {}, []
+    for t in range(n):
+        tags[t] = tagvocab.uniform(rng)
+        for m in range(10):
+            x = 3.0 + (1.0 if tags[t]["instrument"] == "piano" else 0.0) + rng.gauss(0, 0.7)
+            if opposed:
+                sign = 1 if m < 5 else -1
+                x += sign * {"fast": 1.2, "medium": 0.0, "slow": -1.2}[tags[t]["tempo"]]
+            votes.append(Vote(t, m, int(min(5, max(1, round(x))))))
+    return votes, tags
+
+
+def test_two_camps_are_found_and_served_what_neither_dislikes():
+    from bot.core.tag_policy import find_camps
+
+    votes, tags = camp_votes(opposed=True)
+    camps = find_camps(votes, tags)
+    assert camps is not None
+    assert {frozenset(range(5)), frozenset(range(5, 10))} == set(camps.groups)
+    assert set(camps.conflicts) == {"tempo"}
+    assert set(camps.conflicts["tempo"]) == {"fast", "slow"}
+    # One mean over everyone would leave tempo to chance; the camps' policy avoids both
+    # extremes and still serves the piano everyone likes.
+    policy = TagPolicy.from_votes(votes, [], tags)
+    assert policy.camps == camps
+    prefs = policy.preferences(draws=3000)
+    assert prefs["tempo"]["medium"] > 0.7
+    assert prefs["instrument"]["piano"] > 0.6
+    lines = "\n".join(taste_lines(policy))
+    assert "Two camps (5 and 5 members)" in lines and "tempo" in lines
+
+
+def test_a_guild_that_merely_differs_in_degree_has_no_camps():
+    from bot.core.tag_policy import find_camps
+
+    for seed in range(3):
+        votes, tags = camp_votes(opposed=False, n=192, seed=seed)
+        assert find_camps(votes, tags) is None

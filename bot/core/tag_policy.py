@@ -15,6 +15,16 @@ except that with probability `explore` the value is uniform instead: an explorat
 of explore / K per value, so no value ever dies out. Fields are learnt independently
 (combinations would need far more ratings than a server gives in weeks).
 
+Two camps. A server can hold two groups of members who want opposite things on one axis
+(fast drum tracks against slow quiet ones). A mean over all members then follows whichever
+camp is louder on the shared axes, and the other camp's ratings fall. So members who voted
+enough are split in two by their normalised votes per tag value (2-means); the split stands
+only when the two groups truly conflict: on some field each group's favourite value costs
+the other at least `conflict_gap` normalised stars, with `conflict_z` standard errors. Then
+each group gets its own posteriors, and a draw scores each value by the *lower* of the
+groups' samples: the bot serves what neither camp dislikes (maximin), not the louder camp's
+favourite. Members who voted too little to place count in both groups.
+
 The baseline arm never uses this (TrackService): it keeps uniform tags, so each round's
 gain is measured against where the guild started.
 """
@@ -23,11 +33,20 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from bot.core.config import Settings
-from bot.core.rewards import DEFAULT_SETTINGS, Listen, RewardSettings, Vote, track_rewards
+from bot.core.rewards import (
+    DEFAULT_SETTINGS,
+    Listen,
+    RewardSettings,
+    Vote,
+    normalised_stars,
+    track_rewards,
+)
 from bot.core.store import TrackFeedback
 from model import tags as tagvocab
 
@@ -37,6 +56,11 @@ class PolicyConfig:
     prior_tracks: float = 4.0
     explore: float = 0.2
     min_noise_sd: float = 0.3
+    # Two camps (module doc): who can be placed, how big a group must be, what a conflict is.
+    group_min_votes: int = 12
+    group_min_share: float = 0.2
+    conflict_gap: float = 0.4
+    conflict_z: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -46,42 +70,81 @@ class ValueBelief:
     sd: float  # posterior sd
 
 
-class TagPolicy:
-    def __init__(self, beliefs: Mapping[str, Mapping[str, ValueBelief]],
-                 cfg: PolicyConfig = PolicyConfig()) -> None:
-        self.beliefs = beliefs
-        self.cfg = cfg
+Beliefs = Mapping[str, Mapping[str, ValueBelief]]  # field -> value -> belief
 
-    @classmethod
-    def fit(cls, rewarded: Iterable[tuple[Mapping[str, str], float]],
-            cfg: PolicyConfig = PolicyConfig()) -> TagPolicy:
-        """From (tags a track was made with, its reward) pairs."""
+
+@dataclass(frozen=True)
+class Camps:
+    """Two groups of members who conflict: their member ids, and per conflicting field each
+    group's favourite value."""
+
+    groups: tuple[frozenset[int], frozenset[int]]
+    conflicts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+class TagPolicy:
+    def __init__(self, beliefs: Beliefs | Sequence[Beliefs], cfg: PolicyConfig = PolicyConfig(),
+                 camps: Camps | None = None) -> None:
+        # One set of posteriors, or one per camp (a draw takes the lower of their samples).
+        self.groups: list[Beliefs] = [beliefs] if isinstance(beliefs, Mapping) else list(beliefs)
+        self.cfg = cfg
+        self.camps = camps
+
+    @staticmethod
+    def _beliefs(rewarded: Iterable[tuple[Mapping[str, str], float]],
+                 cfg: PolicyConfig) -> Beliefs:
         data = [(dict(t), r) for t, r in rewarded]
         rewards = [r for _, r in data]
         spread = math.sqrt(sum(r * r for r in rewards) / len(rewards)) if rewards else 1.0
         noise = max(spread, cfg.min_noise_sd)
         beliefs: dict[str, dict[str, ValueBelief]] = {}
-        for field, values in tagvocab.VOCAB.items():
-            beliefs[field] = {}
+        for f, values in tagvocab.VOCAB.items():
+            beliefs[f] = {}
             for value in values:
-                got = [r for t, r in data if t.get(field) == value]
+                got = [r for t, r in data if t.get(f) == value]
                 k = len(got) + cfg.prior_tracks
-                beliefs[field][value] = ValueBelief(len(got), sum(got) / k, noise / math.sqrt(k))
-        return cls(beliefs, cfg)
+                beliefs[f][value] = ValueBelief(len(got), sum(got) / k, noise / math.sqrt(k))
+        return beliefs
+
+    @classmethod
+    def fit(cls, rewarded: Iterable[tuple[Mapping[str, str], float]],
+            cfg: PolicyConfig = PolicyConfig()) -> TagPolicy:
+        """From (tags a track was made with, its reward) pairs: one group."""
+        return cls(cls._beliefs(rewarded, cfg), cfg)
 
     @classmethod
     def from_feedback(cls, feedback: Iterable[TrackFeedback],
                       rewards_cfg: RewardSettings = DEFAULT_SETTINGS,
                       cfg: PolicyConfig = PolicyConfig()) -> TagPolicy:
         """From a guild's tracks and their votes and listening (tracks made without tags
-        say nothing about tags and are left out)."""
+        say nothing about tags and are left out), split into camps where members conflict."""
         feedback = [f for f in feedback if f.track.tags]
         votes = [Vote(v.track_id, v.member_id, v.stars) for f in feedback for v in f.votes]
         listens = [Listen(li.track_id, li.member_id, li.listened_s, li.duration_s,
                           li.present_at_start) for f in feedback for li in f.listens]
-        rewards = track_rewards(votes, listens, rewards_cfg)
         tags = {f.track.id: f.track.tags or {} for f in feedback}
-        return cls.fit(((tags[t], r.reward) for t, r in rewards.items() if r.n_votes > 0), cfg)
+        return cls.from_votes(votes, listens, tags, rewards_cfg, cfg)
+
+    @classmethod
+    def from_votes(cls, votes: Sequence[Vote], listens: Sequence[Listen],
+                   tags: Mapping[int, Mapping[str, str]],
+                   rewards_cfg: RewardSettings = DEFAULT_SETTINGS,
+                   cfg: PolicyConfig = PolicyConfig()) -> TagPolicy:
+        """From votes and listening on tracks made with `tags` (by track id)."""
+        camps = find_camps(votes, tags, cfg)
+
+        def beliefs(keep: frozenset[int] | None) -> Beliefs:
+            vs = [v for v in votes if keep is None or v.member_id in keep]
+            ls = [li for li in listens if keep is None or li.member_id in keep]
+            rewards = track_rewards(vs, ls, rewards_cfg)
+            return cls._beliefs(((tags[t], r.reward) for t, r in rewards.items()
+                                 if r.n_votes > 0), cfg)
+
+        if camps is None:
+            return cls(beliefs(None), cfg)
+        placed = camps.groups[0] | camps.groups[1]
+        unplaced = frozenset(v.member_id for v in votes) - placed  # they count in both
+        return cls([beliefs(g | unplaced) for g in camps.groups], cfg, camps)
 
     @classmethod
     def for_guild(cls, feedback: Iterable[TrackFeedback], settings: Settings) -> TagPolicy:
@@ -95,37 +158,110 @@ class TagPolicy:
     @property
     def rated(self) -> int:
         """Rated tracks behind the policy (counted once, through the first field)."""
-        return sum(b.n for b in next(iter(self.beliefs.values())).values())
+        return max(sum(b.n for b in next(iter(g.values())).values()) for g in self.groups)
 
     def draw(self, rng: random.Random) -> dict[str, str]:
-        """One tag set: per field a Thompson sample, or (with probability explore) uniform."""
+        """One tag set: per field a Thompson sample (the lowest of the camps' samples per
+        value), or (with probability explore) uniform."""
         out = {}
-        for field, beliefs in self.beliefs.items():
-            values = list(beliefs)
+        for f, values in tagvocab.VOCAB.items():
             if rng.random() < self.cfg.explore:
-                out[field] = rng.choice(values)
+                out[f] = rng.choice(values)
             else:
-                out[field] = max(values, key=lambda v: rng.gauss(beliefs[v].mean, beliefs[v].sd))
+                out[f] = max(values, key=lambda v, f=f: min(
+                    rng.gauss(g[f][v].mean, g[f][v].sd) for g in self.groups))
         return out
 
     def preferences(self, draws: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
         """Per field, the share of draws each value gets: what the guild is served now."""
         rng = random.Random(seed)
-        counts = {f: dict.fromkeys(b, 0) for f, b in self.beliefs.items()}
+        counts = {f: dict.fromkeys(values, 0) for f, values in tagvocab.VOCAB.items()}
         for _ in range(draws):
-            for field, value in self.draw(rng).items():
-                counts[field][value] += 1
+            for f, value in self.draw(rng).items():
+                counts[f][value] += 1
         return {f: {v: c / draws for v, c in sorted(cs.items(), key=lambda kv: -kv[1])}
                 for f, cs in counts.items()}
 
 
+def find_camps(votes: Sequence[Vote], tags: Mapping[int, Mapping[str, str]],
+               cfg: PolicyConfig = PolicyConfig()) -> Camps | None:
+    """Two groups of members who conflict on some field (module doc), or None."""
+    z = normalised_stars(votes)
+    by_member: dict[int, list[tuple[int, float]]] = {}
+    for v in votes:
+        if tags.get(v.track_id):
+            by_member.setdefault(v.member_id, []).append((v.track_id, z[(v.track_id, v.member_id)]))
+    members = sorted(m for m, got in by_member.items() if len(got) >= cfg.group_min_votes)
+    if len(members) < 4:
+        return None
+    columns = [(f, v) for f, values in tagvocab.VOCAB.items() for v in values]
+    profile = np.zeros((len(members), len(columns)))
+    for i, m in enumerate(members):
+        for j, (f, value) in enumerate(columns):
+            got = [zz for t, zz in by_member[m] if tags[t].get(f) == value]
+            profile[i, j] = sum(got) / (len(got) + 2.0)  # shrunk toward "no opinion"
+    labels = _two_means(profile)
+    groups = tuple(frozenset(m for m, lab in zip(members, labels, strict=True) if lab == k)
+                   for k in (0, 1))
+    if min(len(g) for g in groups) < max(2, cfg.group_min_share * len(members)):
+        return None
+    conflicts = {}
+    for f, values in tagvocab.VOCAB.items():
+        stats = []  # per group: value -> (mean z, standard error)
+        for g in groups:
+            per: dict[str, tuple[float, float]] = {}
+            for value in values:
+                got = np.array([zz for m in g for t, zz in by_member[m]
+                                if tags[t].get(f) == value])
+                if len(got) >= 2:
+                    per[value] = (float(got.mean()), float(got.std(ddof=1) / math.sqrt(len(got))))
+            stats.append(per)
+        if any(len(per) < 2 for per in stats):
+            continue
+        best = [max(per, key=lambda v, per=per: per[v][0]) for per in stats]
+        if best[0] == best[1] or any(b not in per for per in stats for b in best):
+            continue
+        if all(_costs(stats[k], best[k], best[1 - k], cfg) for k in (0, 1)):
+            conflicts[f] = (best[0], best[1])
+    return Camps(groups, conflicts) if conflicts else None  # type: ignore[arg-type]
+
+
+def _costs(per: Mapping[str, tuple[float, float]], own: str, other: str,
+           cfg: PolicyConfig) -> bool:
+    """Whether the other group's favourite costs this group a conflict's worth."""
+    loss = per[own][0] - per[other][0]
+    se = math.hypot(per[own][1], per[other][1])
+    return loss >= cfg.conflict_gap and loss >= cfg.conflict_z * se
+
+
+def _two_means(x: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Labels 0/1 from 2-means, started from the two rows farthest apart (deterministic)."""
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(d.argmax()), d.shape)
+    centres = x[[i, j]].copy()
+    labels = np.zeros(len(x), dtype=int)
+    for _ in range(iterations):
+        labels = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        new = np.stack([x[labels == k].mean(0) if (labels == k).any() else centres[k]
+                        for k in (0, 1)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return labels
+
 
 def taste_lines(policy: TagPolicy, top: int = 2) -> list[str]:
-    """What a guild likes, for /stats: per field its most-served values and their shares."""
+    """What a guild likes, for /stats: per field its most-served values and their shares,
+    and the two camps where there are some."""
     if policy.rated == 0:
         return ["No rated tracks with tags yet: every tag is as likely."]
     lines = [f"What this server likes (from {policy.rated} rated tracks; share of new tracks):"]
-    for field, shares in policy.preferences().items():
+    for f, shares in policy.preferences().items():
         best = ", ".join(f"{v} {p:.0%}" for v, p in list(shares.items())[:top])
-        lines.append(f"{field}: {best}")
+        lines.append(f"{f}: {best}")
+    if policy.camps:
+        sizes = " and ".join(str(len(g)) for g in policy.camps.groups)
+        split = "; ".join(f"{f} {a} against {b}" for f, (a, b) in policy.camps.conflicts.items())
+        lines.append(f"Two camps ({sizes} members) want opposite things: {split}. "
+                     "New tracks favour what neither camp dislikes.")
     return lines
