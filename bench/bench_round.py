@@ -74,7 +74,7 @@ async def main() -> None:
                 await uploads.ingest(GUILD, str(member.id), path, f"song {k}.mp3")
             print(f"setup: {a.tracks} tracks of {a.seconds:.0f} s, {a.uploads} uploads "
                   f"({time.perf_counter() - t0:.0f} s, not timed)")
-            services.worker.close()  # the round's children get the memory
+            services.compute.close()  # the round's children get the memory
             t0 = time.perf_counter()
             summary = await services.rounds.run_round(GUILD)
             wall = time.perf_counter() - t0

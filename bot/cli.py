@@ -354,6 +354,10 @@ async def _generate(settings: BotSettings, args: argparse.Namespace) -> int:
     async with await Services.open(settings) as services:
         tracks = services.tracks
         await tracks.active_version(args.guild)  # fail before drawing a progress bar
+        where = await asyncio.to_thread(services.compute.check)  # ComputeUnavailable: 2
+        if where.backend != "local":
+            print(f"generating on the {where.backend} cluster (probe ran on {where.node})",
+                  file=sys.stderr, flush=True)
         with progress_bar() as bar:
             task = bar.add_task(f"generating {args.n} track(s)", total=args.n, info="")
             for i in range(args.n):
@@ -528,6 +532,7 @@ async def _round_run(settings: BotSettings, args: argparse.Namespace) -> int:
     from model.contracts import ChildEvent, StartedEvent, StepEvent
 
     async with await Services.open(settings) as services:
+        await asyncio.to_thread(services.compute.check)  # ComputeUnavailable: exit 2
         with progress_bar() as bar:
             task = bar.add_task("round", total=settings.finetune_steps, info="starting")
 
@@ -544,6 +549,7 @@ async def _round_run(settings: BotSettings, args: argparse.Namespace) -> int:
         print(summary.text)
         if summary.chart:
             print(f"chart: {summary.chart}")
+        print(f"model work: {summary.compute['backend']} on {summary.compute['node']}")
     return 1 if summary.status == RoundStatus.FAILED else 0
 
 

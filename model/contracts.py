@@ -192,6 +192,15 @@ class StartedEvent(ChildEvent):
 
 
 @dataclass(frozen=True)
+class PlacedEvent(ChildEvent):
+    """Where the work runs, when that is not the parent's machine (a Ray node)."""
+
+    EVENT: ClassVar[str] = "placed"
+    backend: str
+    node: str
+
+
+@dataclass(frozen=True)
 class Guide:
     """Whether the replay was guided by the guild's reward model, and how well it predicts."""
 
@@ -264,7 +273,7 @@ class ErrorEvent(ChildEvent):
 
 
 _EVENTS: dict[str, type[ChildEvent]] = {
-    c.EVENT: c for c in (StartedEvent, DataEvent, StepEvent, ErrorEvent)}
+    c.EVENT: c for c in (StartedEvent, PlacedEvent, DataEvent, StepEvent, ErrorEvent)}
 
 
 def parse_event(line: str | bytes, done: type[ChildEvent]) -> ChildEvent | None:
@@ -282,10 +291,11 @@ def parse_event(line: str | bytes, done: type[ChildEvent]) -> ChildEvent | None:
     return None if cls is None else from_dict(cls, data)
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(before_exit: Callable[[], object] | None = None) -> None:
     """End this child process when its parent dies (a killed bot or simulation must not leave
-    a model process burning the cores). A thread watches for re-parenting; the kernel's
-    parent-death signal would fire when the spawning *thread* ends, which is too early."""
+    a model process burning the cores), after `before_exit`. A thread watches for
+    re-parenting; the kernel's parent-death signal would fire when the spawning *thread*
+    ends, which is too early."""
     import os
     import threading
     import time
@@ -295,6 +305,10 @@ def exit_with_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os._exit(1)
+        try:
+            if before_exit is not None:
+                before_exit()
+        finally:
+            os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -16,10 +16,11 @@ import discord
 
 from bot.adapter.client import CrowdtuneBot, create_bot
 from bot.adapter.radio import After
+from bot.core.compute import LocalCompute
 from bot.core.config import BotSettings
 from bot.core.services import Services
 from bot.core.store import ListenTotal
-from bot.core.worker import GenerationJob, GenerationResult, GenerationWorker, run_job
+from bot.core.worker import GenerationJob, GenerationResult, run_job
 from tests.fakediscord import (
     FAST_GUILD_READY_TIMEOUT,
     FakeDiscord,
@@ -47,11 +48,11 @@ class FakeClock:
         return self.now
 
 
-class InlineWorker(GenerationWorker):
+class InlineWorker(LocalCompute):
     """Generation in a thread of the test process: off the event loop like the real worker,
     without a spawned process's start-up (seconds) in every test."""
 
-    async def run(self, job: GenerationJob) -> GenerationResult:
+    async def generate(self, job: GenerationJob) -> GenerationResult:
         return await asyncio.to_thread(run_job, job)
 
 
@@ -188,7 +189,7 @@ async def configure(env: BotEnv, **changes: Any) -> None:
 @asynccontextmanager
 async def bot_env(emu: FakeDiscord, data_dir: Path, *, clock: FakeClock | None = None,
                   players: Players | None = None, base: bool = True,
-                  worker: GenerationWorker | None = None, **overrides: Any
+                  worker: LocalCompute | None = None, **overrides: Any
                   ) -> AsyncIterator[BotEnv]:
     """A started bot over `data_dir` (a tiny base model saved there unless one is), its
     commands synced to the emulator's guild, the music channel set to #general."""
@@ -197,7 +198,7 @@ async def bot_env(emu: FakeDiscord, data_dir: Path, *, clock: FakeClock | None =
         make_base(settings.models_dir)
     clock = clock or FakeClock()
     players = players or Players()
-    services = await Services.open(settings, worker=worker or InlineWorker(threads=1),
+    services = await Services.open(settings, compute=worker or InlineWorker(threads=1),
                                    clock=clock)
     await services.configs.update(emu.ids.guild, music_channel_id=emu.ids.text_channel)
     try:

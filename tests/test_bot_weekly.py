@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.core import rounds
+from bot.core.compute import LocalCompute
 from tests.bot_support import STARS, FakeClock, bot_env, react, voice, votes
 from tests.fakediscord import FakeDiscord
 
@@ -29,15 +29,15 @@ async def test_weekly_cycle(fake_discord: FakeDiscord, tmp_path, monkeypatch) ->
     # Training and evaluation run for real (child processes); whether a random-weight tiny
     # model's candidate wins is the learning code's call, so its verdict is forced to
     # "promote" here: what is tested is what the bot does with a new champion.
-    real_run_child = rounds.run_child
+    real_run_model = LocalCompute.run_model
 
-    async def promoting(module: str, *args, **kwargs):
-        result = await real_run_child(module, *args, **kwargs)
+    async def promoting(self, module: str, *args, **kwargs):
+        result = await real_run_model(self, module, *args, **kwargs)
         if module == "model.evaluate":
             result = replace(result, promote=True, reason=f"(test) {result.reason}")
         return result
 
-    monkeypatch.setattr(rounds, "run_child", promoting)
+    monkeypatch.setattr(LocalCompute, "run_model", promoting)
     emu = fake_discord
     ids = emu.ids
     gid = str(ids.guild)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import pytest
 
-from bot.core.rounds import ChildFailed, run_child
+from bot.core.compute import ChildFailed, run_child
 from model.contracts import (
     DataEvent,
     ErrorEvent,
@@ -113,9 +113,9 @@ async def test_run_child_reads_typed_events_and_the_error_line(tmp_path, monkeyp
         f"print({StepEvent(1, 1, 0.3).to_json()!r})",
         f"print({done.to_json()!r})"]))
     events = []
-    result = await run_child("fakechild", tmp_path / "spec.json", tmp_path / "log", 30,
-                             events.append, done=TrainResult)
-    assert result == done
+    result, placed = await run_child("fakechild", tmp_path / "spec.json", tmp_path / "log", 30,
+                                     events.append, done=TrainResult)
+    assert result == done and placed is None
     assert isinstance(events[0], StartedEvent) and events[0].module == "fakechild"
     assert events[1:] == [StepEvent(1, 1, 0.3), done]
 

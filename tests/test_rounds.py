@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from bot.core.audio import encode
+from bot.core.compute import LocalCompute
 from bot.core.config import Settings
 from bot.core.feedback import FeedbackService
 from bot.core.rounds import GuildLock, RoundBusy, RoundService
 from bot.core.store import Store
 from bot.core.tracks import TrackService
-from bot.core.worker import GenerationWorker
 from model.contracts import DataEvent, StartedEvent, StepEvent, TrainResult, Verdict
 from model.registry import ModelRegistry
 from tests.helpers import make_base
@@ -29,7 +29,7 @@ async def env(tmp_path):
                         torch_threads=1, round_min_votes=20, round_min_rated_tracks=8)
     make_base(settings.models_dir)
     registry = ModelRegistry(settings.models_dir)
-    worker = GenerationWorker(threads=1)
+    worker = LocalCompute(threads=1)
     async with await Store.open(settings.db_path) as store:
         tracks = TrackService(settings, store, registry, worker)
         yield settings, store, registry, tracks, RoundService(settings, store, registry)

@@ -10,13 +10,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bot.core.compute import LocalCompute
 from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
 from bot.core.store import Store, Track, TrackFeedback, VoteRow
 from bot.core.tracks import TrackService
-from bot.core.worker import GenerationJob, GenerationResult, GenerationWorker, run_job
+from bot.core.worker import GenerationJob, GenerationResult, run_job
 from model.registry import ModelRegistry
 from model.tags import format_tags, parse, uniform
 from tests.helpers import make_base, tiny_pipeline
@@ -49,7 +50,7 @@ def test_a_job_has_one_tag_set_per_seed():
 
 
 @dataclass
-class RecordingWorker(GenerationWorker):
+class RecordingWorker(LocalCompute):
     """Records jobs and answers as a tag-conditioned model would, without a model."""
 
     takes_tags: bool = True
@@ -58,7 +59,7 @@ class RecordingWorker(GenerationWorker):
         super().__init__(threads=1)
         self.jobs: list[GenerationJob] = []
 
-    async def run(self, job: GenerationJob) -> GenerationResult:
+    async def generate(self, job: GenerationJob) -> GenerationResult:
         self.jobs.append(job)
         n = len(job.seeds)
         made_with = [parse(t) if self.takes_tags else {} for t in job.tags]

@@ -384,6 +384,9 @@ async def run_bot(settings: BotSettings, *, sync: bool = False) -> None:
         raise UserFacingError("DISCORD_TOKEN is not set (see docs/discord-setup.md)")
     services = await Services.open(settings)
     try:
+        # A Ray cluster that cannot be used is one line now, not a failed job later.
+        info = await asyncio.to_thread(services.compute.check)
+        log.info("model work runs on %s (%s)", info.backend, info.node)
         bot = create_bot(settings, services, sync_commands=sync)
         async with bot:
             await bot.start(settings.discord_token.get_secret_value())

@@ -108,6 +108,19 @@ class Settings(BaseSettings):
     # disjoint runs rewards read (the same totals, fewer rows); 0: never.
     listen_compact_days: float = Field(default=90.0, ge=0)
 
+    # Where model work runs (bot/core/compute.py): "local" processes (nothing to start), or
+    # a Ray cluster at `ray_address` ("host:port" of its head, or "auto": the cluster this
+    # machine is part of). Every Ray node must see `data_dir` at the same path (docs).
+    compute: Literal["local", "ray"] = "local"
+    ray_address: str = "auto"
+    ray_generation_actors: int = Field(default=2, ge=1)  # models kept loaded, LRU evicted
+    ray_generation_cpus: float = Field(default=1.0, gt=0)
+    ray_round_cpus: float = Field(default=1.0, gt=0)  # a round's fine-tune and evaluation
+    ray_round_gpus: float = Field(default=0.0, ge=0)
+    generation_timeout_s: float = Field(default=900.0, gt=0)  # one job on Ray
+    # Rounds that fall due together run this many at a time, the rest queued in order.
+    round_concurrency: int = Field(default=1, ge=1)
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "crowdtune.sqlite3"

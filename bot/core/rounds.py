@@ -26,13 +26,12 @@ import logging
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from bot.core.clock import Clock, system_clock
+from bot.core.compute import ChildFailed, Compute, LocalCompute
 from bot.core.config import Settings
 from bot.core.domain import Origin, RoundStatus
 from bot.core.errors import UserFacingError
@@ -51,31 +50,23 @@ from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback
 from bot.core.tag_policy import TagPolicy
 from bot.core.tracks import mel_file
 from model.contracts import (
-    ErrorEvent,
     EvalSpec,
     FinetuneSpec,
     ItemKind,
     OnEvent,
     PreferencePair,
     RatedFile,
-    StartedEvent,
     TrainItem,
     TrainResult,
     Verdict,
-    parse_event,
 )
 from model.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
-Done = TypeVar("Done", TrainResult, Verdict)
 
 
 class RoundBusy(UserFacingError):
     """A round for this guild is already running."""
-
-
-class ChildFailed(Exception):
-    """The training or evaluation child process failed (one-line reason)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +92,7 @@ class RoundSummary:
     rolled_back: str | None = None  # what the automatic rollback did, if anything
     counts: dict = field(default_factory=dict)
     metrics: RoundMetrics | None = None  # None: the round did not get to train
+    compute: dict = field(default_factory=dict)  # where its model steps ran (ComputeInfo)
     chart: str | None = None
     text: str = ""
 
@@ -131,59 +123,6 @@ class GuildLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
-
-
-def child_env() -> dict[str, str]:
-    """The environment of model processes. Passive OpenMP waiting: on 2 cores shared with the
-    generation worker, spinning threads slowed training more than tenfold (measured)."""
-    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-
-
-async def run_child(module: str, spec_path: Path, log_path: Path, timeout: float,
-                    on_event: OnEvent | None = None, *, done: type[Done]) -> Done:
-    """Run `python -m module spec` and return its 'done' event, read as `done` (TrainResult
-    or Verdict); its other JSON lines are progress events (model/contracts.py), passed to
-    `on_event` as they come, after a StartedEvent."""
-    with log_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, str(spec_path),
-            stdout=asyncio.subprocess.PIPE, stderr=err, env=child_env(),
-        )
-        if on_event:
-            on_event(StartedEvent(module=module, pid=proc.pid))
-        result: Done | None = None
-        error = ""
-        try:
-            async with asyncio.timeout(timeout):
-                assert proc.stdout is not None
-                async for raw in proc.stdout:
-                    try:
-                        event = parse_event(raw, done)
-                    except ValueError as exc:  # an event with the wrong fields
-                        error = f"unreadable event: {exc}"
-                        continue
-                    if event is None:  # not an event (a stray print)
-                        continue
-                    if isinstance(event, done):
-                        result = event
-                    elif isinstance(event, ErrorEvent):
-                        error = event.error
-                    if on_event:
-                        on_event(event)
-                code = await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise ChildFailed(f"{module} took longer than {timeout:.0f} s and was stopped"
-                              ) from None
-        except asyncio.CancelledError:
-            proc.kill()
-            await proc.wait()
-            raise
-    if code != 0 or result is None:
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise ChildFailed(f"{module} {how}" + (f": {error}" if error else ""))
-    return result
 
 
 @dataclass
@@ -289,11 +228,13 @@ class RoundState:
 
 class RoundService:
     def __init__(self, settings: Settings, store: Store, registry: ModelRegistry,
-                 clock: Clock = system_clock) -> None:
+                 clock: Clock = system_clock, compute: Compute | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.clock = clock
+        # Round steps need no generation worker, so a default local one starts nothing.
+        self.compute = compute or LocalCompute(settings.torch_threads)
 
     def _rewards_cfg(self) -> RewardSettings:
         return RewardSettings(**self.settings.reward)
@@ -342,6 +283,7 @@ class RoundService:
             log.error("guild %s: round %s failed: %s", guild, row.id, exc)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        summary.compute = self.compute.where().to_dict()
         if summary.status == RoundStatus.SUCCEEDED:
             pruned = await asyncio.to_thread(self.registry.prune, guild,
                                              self.settings.keep_recent_versions)
@@ -408,7 +350,7 @@ class RoundService:
         )
         spec.save(work / "finetune.json")
         started = time.perf_counter()
-        trained = await run_child("model.finetune", work / "finetune.json",
+        trained = await self.compute.run_model("model.finetune", work / "finetune.json",
                                   work / "finetune.log", s.round_timeout_s, progress,
                                   done=TrainResult)
         info = await asyncio.to_thread(
@@ -422,7 +364,7 @@ class RoundService:
                       reward_inputs=s.reward_inputs, tagger_dir=str(s.tagger_dir),
                       promote_z=s.promote_z, steps=s.sampler_steps, threads=s.torch_threads)
         ev.save(work / "evaluate.json")
-        verdict = await run_child("model.evaluate", work / "evaluate.json",
+        verdict = await self.compute.run_model("model.evaluate", work / "evaluate.json",
                                   work / "evaluate.log", s.round_timeout_s, progress,
                                   done=Verdict)
         summary.metrics = RoundMetrics(trained, verdict,

@@ -1,5 +1,5 @@
 """The composition root: every service built once, the same way, over one store, one
-generation worker and one clock. The bot, the CLI, the simulation and the benchmarks all open
+compute backend and one clock. The bot, the CLI, the simulation and the benchmarks all open
 their services here, so they write with the same durability and read the same time."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bot.core.clock import Clock, system_clock
+from bot.core.compute import Compute, open_compute
 from bot.core.config import BotSettings
 from bot.core.feedback import FeedbackService
 from bot.core.guild_config import GuildConfigs
@@ -20,7 +21,6 @@ from bot.core.stats import StatsService
 from bot.core.store import Store
 from bot.core.tracks import TrackService
 from bot.core.uploads import UploadService
-from bot.core.worker import GenerationWorker
 from model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class Services:
     settings: BotSettings
     store: Store
     registry: ModelRegistry
-    worker: GenerationWorker
+    compute: Compute
     tracks: TrackService
     feedback: FeedbackService
     uploads: UploadService
@@ -50,17 +50,19 @@ class Services:
         self.privacy = PrivacyService(self.store, self.settings, self.registry)
 
     @classmethod
-    async def open(cls, settings: BotSettings, worker: GenerationWorker | None = None,
+    async def open(cls, settings: BotSettings, compute: Compute | None = None,
                    clock: Clock = system_clock) -> Services:
+        """Every service; `compute` defaults to the settings' backend (ComputeUnavailable,
+        one line, when a Ray cluster is asked for and cannot be used)."""
+        compute = compute or await asyncio.to_thread(open_compute, settings)
         store = await Store.open(settings.db_path, clock)
         registry = ModelRegistry(settings.models_dir)
-        worker = worker or GenerationWorker(settings.torch_threads)
         feedback = FeedbackService(store)
         return cls(
-            settings=settings, store=store, registry=registry, worker=worker,
-            tracks=TrackService(settings, store, registry, worker), feedback=feedback,
+            settings=settings, store=store, registry=registry, compute=compute,
+            tracks=TrackService(settings, store, registry, compute), feedback=feedback,
             uploads=UploadService(settings, store),
-            rounds=RoundService(settings, store, registry, clock),
+            rounds=RoundService(settings, store, registry, clock, compute),
             ratings=RatingService(store, feedback), configs=GuildConfigs(store, settings),
             clock=clock,
         )
@@ -72,5 +74,5 @@ class Services:
         await self.close()
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.worker.close)  # waits for a job in flight
+        await asyncio.to_thread(self.compute.close)  # waits for a job in flight
         await self.store.close()

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from bot.core.audio import encode
+from bot.core.compute import Compute
 from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.store import ModelVersionRow, Store
 from bot.core.tag_policy import TagPolicy
-from bot.core.worker import GenerationJob, GenerationWorker
+from bot.core.worker import GenerationJob
 from model import tags as tagvocab
 from model.registry import ModelRegistry, VersionInfo
 
@@ -76,11 +77,11 @@ def version_row(info: VersionInfo) -> ModelVersionRow:
 
 class TrackService:
     def __init__(self, settings: Settings, store: Store, registry: ModelRegistry,
-                 worker: GenerationWorker) -> None:
+                 compute: Compute) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
-        self.worker = worker
+        self.compute = compute
 
     async def active_version(self, guild: str) -> VersionInfo:
         """The guild's intact active version (file hashing runs off the event loop)."""
@@ -149,7 +150,7 @@ class TrackService:
                             seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps,
                             seed_audio=seed_audio,
                             tags=tuple(tagvocab.format_tags(t) for t in per_track))
-        result = await self.worker.run(job)
+        result = await self.compute.generate(job)
         made = []
         for audio, mel, s, used in zip(result.audios, result.mels, seeds, result.tags,
                                        strict=True):

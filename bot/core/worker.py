@@ -1,16 +1,12 @@
-"""Model work off the event loop: a worker process that keeps loaded pipelines warm.
+"""A generation job, as a worker process runs it: loaded pipelines stay warm between jobs.
 
 Generation takes seconds of CPU; in the bot's process it would stall the gateway heartbeat.
-The worker is a single spawned process (torch and fork don't mix), so loaded pipelines are
-cached there between calls.
+So it runs in a spawned process (torch and fork don't mix) or on a Ray actor
+(bot/core/compute.py), which caches the loaded pipeline between calls.
 """
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +44,8 @@ class GenerationResult:
     tags: list[dict[str, str]]
 
 
-def _init_worker(threads: int) -> None:
+def init_worker(threads: int) -> None:
+    """A generation process's start: its torch threads; it ends with its parent."""
     import torch
 
     from model.contracts import exit_with_parent
@@ -96,29 +93,3 @@ def run_job(job: GenerationJob) -> GenerationResult:
         mels.append(out.mels[0].astype(np.float16))
         used_tags.append(used)
     return GenerationResult(audios, pipe.mel.config.sample_rate, mels, used_tags)
-
-
-class GenerationWorker:
-    def __init__(self, threads: int = 2) -> None:
-        self.threads = threads
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # Spawned children read the environment at start: passive OpenMP waiting keeps
-            # generation and a round's training from spinning against each other on 2 cores.
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.threads,),
-            )
-        return self._pool
-
-    async def run(self, job: GenerationJob) -> GenerationResult:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(), run_job, job)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
