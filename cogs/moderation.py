@@ -136,9 +136,13 @@ class Moderation(commands.Cog):
         state = await self.bot.services.rounds.state(gid)
         running, last = state.running, state.last
         lines = []
-        if self.bot.round_task(gid) is not None or running is not None:
+        if state.ahead is not None:
+            lines.append(f"A round is queued: {state.ahead} ahead of it "
+                         f"({self.bot.settings.round_concurrency} run at a time).")
+        elif self.bot.round_task(gid) is not None or running is not None:
             since = f" since {when(running.started_at)}" if running else ""
-            lines.append(f"A round is running{since}.")
+            on = f" on {state.where.backend} ({state.where.node})" if state.where else ""
+            lines.append(f"A round is running{since}{on}.")
         lines.append(f"Last round: {round_line(last)}" if last else "No round has run yet.")
         nxt = self.bot.scheduler.next_run(f"round:{gid}")
         cfg = await self.bot.services.configs.get(gid)

@@ -11,7 +11,15 @@ from bot.cli import main
 from bot.core.prompt import describe
 from model.tags import VOCAB
 from model.train import make_builtin_pipeline
-from tests.bot_support import STARS, bot_env, content, ephemeral, generated, tiny_settings
+from tests.bot_support import (
+    STARS,
+    bot_env,
+    content,
+    ephemeral,
+    generated,
+    react,
+    tiny_settings,
+)
 from tests.fakediscord import FakeDiscord
 from tests.fakediscord.patching import redirect_discord
 from tests.fakediscord.payloads import option
@@ -188,6 +196,23 @@ async def test_auto_sharded_bot_when_configured(fake_discord: FakeDiscord, tmp_p
         assert isinstance(env.bot, ShardedCrowdtuneBot) and env.bot.shard_count == 1
         assert emu.calls("GET", "/gateway/bot")
         assert env.bot.get_cog("Ratings") is not None
+
+
+async def test_two_shards_share_the_guilds_as_discord_routes_them(fake_discord: FakeDiscord,
+                                                                   tmp_path) -> None:
+    emu = fake_discord
+    async with bot_env(emu, tmp_path, auto_shard=True, shard_count=2) as env:
+        assert env.bot.shard_count == 2
+        shards = sorted(f["d"]["shard"] for f in emu.gateway.received if f.get("op") == 2)
+        assert shards == [[0, 2], [1, 2]]
+        guild = env.bot.get_guild(emu.ids.guild)
+        assert guild is not None and guild.shard_id == (emu.ids.guild >> 22) % 2
+        # A vote arrives on the guild's shard and is recorded.
+        post = await env.bot.post_scheduled(str(emu.ids.guild))
+        assert post is not None
+        await react(env, post.id, STARS[3], emu.ids.alice)
+        [vote] = await env.services.store.votes(await env.services.ratings.track_for(post.id))
+        assert vote.stars == 4
 
 
 def test_run_without_a_token_says_what_to_do(tmp_path, monkeypatch, capsys) -> None:

@@ -113,9 +113,9 @@ async def test_run_child_reads_typed_events_and_the_error_line(tmp_path, monkeyp
         f"print({StepEvent(1, 1, 0.3).to_json()!r})",
         f"print({done.to_json()!r})"]))
     events = []
-    result, placed = await run_child("fakechild", tmp_path / "spec.json", tmp_path / "log", 30,
-                                     events.append, done=TrainResult)
-    assert result == done and placed is None
+    result = await run_child("fakechild", tmp_path / "spec.json", tmp_path / "log", 30,
+                             events.append, done=TrainResult)
+    assert result == done
     assert isinstance(events[0], StartedEvent) and events[0].module == "fakechild"
     assert events[1:] == [StepEvent(1, 1, 0.3), done]
 

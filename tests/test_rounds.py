@@ -184,3 +184,37 @@ async def test_library_songs_join_the_replay_and_corpus_replay_can_be_off(env, t
     assert data.replay == 0  # no starter corpus
     # The kept rated tracks' windows, and 4 windows (the most per item) of each song.
     assert data.windows >= summary.counts["train_tracks"] + 2 * 4
+
+
+async def test_rounds_due_together_wait_their_turn(tmp_path):
+    import asyncio
+
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", round_concurrency=1)  # type: ignore[call-arg]
+    make_base(settings.models_dir)
+    async with await Store.open(settings.db_path) as store:
+        rounds = RoundService(settings, store, ModelRegistry(settings.models_dir))
+        gate, order = asyncio.Event(), []
+        real = rounds._run_locked
+
+        async def held(guild, progress):
+            order.append(guild)
+            if guild == "a":
+                await gate.wait()
+            return await real(guild, progress)
+
+        rounds._run_locked = held  # type: ignore[method-assign]
+        first = asyncio.create_task(rounds.run_round("a"))
+        while not order:
+            await asyncio.sleep(0.01)
+        later = [asyncio.create_task(rounds.run_round(g)) for g in ("b", "c")]
+        await asyncio.sleep(0.2)
+        assert order == ["a"]  # one slot: b and c wait, in order
+        assert [(await rounds.state(g)).ahead for g in "abc"] == [None, 0, 1]
+        where = (await rounds.state("a")).where
+        assert where is not None and where.backend == "local"
+        gate.set()
+        done = await asyncio.gather(first, *later)
+        assert order == ["a", "b", "c"]
+        assert [s.status for s in done] == ["skipped"] * 3
+        assert done[0].compute["backend"] == "local"
+        assert (await rounds.state("b")).ahead is None

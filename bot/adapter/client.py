@@ -373,9 +373,13 @@ class ShardedCrowdtuneBot(CrowdtuneBotMixin, commands.AutoShardedBot):
 
 
 def create_bot(settings: BotSettings, services: Services, **kwargs: Any) -> CrowdtuneBot:
-    """The bot class the settings ask for (AutoShardedBot with `auto_shard`)."""
-    cls = ShardedCrowdtuneBot if settings.auto_shard else CrowdtuneBot
-    return cls(settings, services, **kwargs)  # type: ignore[return-value]
+    """The bot class the settings ask for (AutoShardedBot with `auto_shard`, with
+    `shard_count` shards when set)."""
+    if settings.auto_shard:
+        if settings.shard_count is not None:
+            kwargs.setdefault("shard_count", settings.shard_count)
+        return ShardedCrowdtuneBot(settings, services, **kwargs)  # type: ignore[return-value]
+    return CrowdtuneBot(settings, services, **kwargs)
 
 
 async def run_bot(settings: BotSettings, *, sync: bool = False) -> None:

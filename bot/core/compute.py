@@ -30,7 +30,6 @@ from bot.core.worker import GenerationJob, GenerationResult, init_worker, run_jo
 from model.contracts import (
     ErrorEvent,
     OnEvent,
-    PlacedEvent,
     StartedEvent,
     TrainResult,
     Verdict,
@@ -77,7 +76,6 @@ class EventReader(Generic[Done]):
         self.module, self.done, self.on_event = module, done, on_event
         self.result: Done | None = None
         self.error = ""
-        self.placed: PlacedEvent | None = None
 
     def feed(self, raw: str | bytes) -> None:
         try:
@@ -91,8 +89,6 @@ class EventReader(Generic[Done]):
             self.result = event
         elif isinstance(event, ErrorEvent):
             self.error = event.error
-        elif isinstance(event, PlacedEvent):
-            self.placed = event
         if self.on_event:
             self.on_event(event)
 
@@ -107,11 +103,12 @@ class EventReader(Generic[Done]):
 
 async def run_child(module: str, spec_path: Path, log_path: Path, timeout: float,
                     on_event: OnEvent | None = None, *, done: type[Done],
-                    runner: Sequence[str] = ()) -> tuple[Done, PlacedEvent | None]:
+                    runner: Sequence[str] = ()) -> Done:
     """Run `python -m module spec` here (or `python -m *runner module spec`: a runner that
     places the work elsewhere and relays its events) and return its 'done' event, read as
-    `done` (TrainResult or Verdict), with where it ran when the runner said so. Its other
-    JSON lines are progress events, passed to `on_event` as they come, after a StartedEvent."""
+    `done` (TrainResult or Verdict). Its other JSON lines are progress events (a runner's
+    PlacedEvent says where the work runs), passed to `on_event` as they come, after a
+    StartedEvent."""
     reader = EventReader(module, done, on_event)
     argv = [*runner, module, str(spec_path)] if runner else [module, str(spec_path)]
     with log_path.open("wb") as err:
@@ -134,7 +131,7 @@ async def run_child(module: str, spec_path: Path, log_path: Path, timeout: float
         except asyncio.CancelledError:
             await _stop(proc)
             raise
-    return reader.outcome(code), reader.placed
+    return reader.outcome(code)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -187,11 +184,8 @@ class Compute:
 
     async def run_model(self, module: str, spec_path: Path, log_path: Path, timeout: float,
                         on_event: OnEvent | None = None, *, done: type[Done]) -> Done:
-        result, placed = await run_child(module, spec_path, log_path, timeout, on_event,
-                                         done=done, runner=self._runner())
-        if placed is not None:
-            self._where = ComputeInfo(placed.backend, placed.node)
-        return result
+        return await run_child(module, spec_path, log_path, timeout, on_event, done=done,
+                               runner=self._runner())
 
     def check(self) -> ComputeInfo:
         """Whether the backend can take work (blocking; ComputeUnavailable, one line, if
@@ -199,7 +193,7 @@ class Compute:
         return self._where
 
     def where(self) -> ComputeInfo:
-        """Where the last round step ran (before any: this machine)."""
+        """Where work goes (a round's steps say where they ran in a PlacedEvent)."""
         return self._where
 
     def close(self) -> None:

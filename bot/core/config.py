@@ -163,7 +163,9 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 class BotSettings(Settings):
     # discord.py's AutoShardedBot: only needed past ~2,500 guilds (Discord then requires it).
+    # `shard_count` fixes the number of gateway shards; unset: the count Discord recommends.
     auto_shard: bool = False
+    shard_count: int | None = Field(default=None, ge=1)
     # Guild ids (comma-separated) that slash commands are synced to; empty: synced globally
     # (global commands can take a while to appear; guild commands appear at once).
     sync_guilds: str = ""

@@ -2,7 +2,8 @@
 
     run_round(guild)
       1. lock the guild (a file lock: two rounds for one guild never run at once, even from
-         two processes); a 'running' row left by a crashed process is marked failed
+         two processes); a 'running' row left by a crashed process is marked failed; then wait
+         for one of `round_concurrency` slots (rounds that fall due together queue in order)
       2. automatic rollback: if the champion's tracks were rated significantly worse than the
          baseline tracks posted beside them (two-sided Mann-Whitney, p < rollback_p_value),
          the guild goes back to the champion's parent first
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bot.core.clock import Clock, system_clock
-from bot.core.compute import ChildFailed, Compute, LocalCompute
+from bot.core.compute import ChildFailed, Compute, ComputeInfo, LocalCompute
 from bot.core.config import Settings
 from bot.core.domain import Origin, RoundStatus
 from bot.core.errors import UserFacingError
@@ -50,10 +51,12 @@ from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback
 from bot.core.tag_policy import TagPolicy
 from bot.core.tracks import mel_file
 from model.contracts import (
+    ChildEvent,
     EvalSpec,
     FinetuneSpec,
     ItemKind,
     OnEvent,
+    PlacedEvent,
     PreferencePair,
     RatedFile,
     TrainItem,
@@ -224,6 +227,8 @@ class RoundState:
 
     running: RoundRow | None
     last: RoundRow | None
+    ahead: int | None = None  # queued behind this many rounds (None: not queued)
+    where: ComputeInfo | None = None  # where the running round's model steps run
 
 
 class RoundService:
@@ -235,6 +240,10 @@ class RoundService:
         self.clock = clock
         # Round steps need no generation worker, so a default local one starts nothing.
         self.compute = compute or LocalCompute(settings.torch_threads)
+        # Rounds due together wait their turn (FIFO) for one of `round_concurrency` slots.
+        self._slots = asyncio.Semaphore(settings.round_concurrency)
+        self._queued: dict[str, float] = {}  # guild -> when it began waiting
+        self._where: dict[str, ComputeInfo] = {}  # guild -> where its round's steps run
 
     def _rewards_cfg(self) -> RewardSettings:
         return RewardSettings(**self.settings.reward)
@@ -248,8 +257,14 @@ class RoundService:
             if stale is not None:  # we hold the lock, so its process is gone
                 await self.store.finish_round(stale.id, RoundStatus.FAILED,
                                               reason="interrupted: the process stopped")
-            return await self._run_locked(guild, progress)
+            self._queued[guild] = time.monotonic()
+            async with self._slots:
+                del self._queued[guild]
+                self._where[guild] = self.compute.where()
+                return await self._run_locked(guild, progress)
         finally:
+            self._queued.pop(guild, None)
+            self._where.pop(guild, None)
             lock.release()
 
     async def _run_locked(self, guild: str, progress: OnEvent | None) -> RoundSummary:
@@ -283,7 +298,7 @@ class RoundService:
             log.error("guild %s: round %s failed: %s", guild, row.id, exc)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        summary.compute = self.compute.where().to_dict()
+        summary.compute = self._where[guild].to_dict()
         if summary.status == RoundStatus.SUCCEEDED:
             pruned = await asyncio.to_thread(self.registry.prune, guild,
                                              self.settings.keep_recent_versions)
@@ -350,8 +365,15 @@ class RoundService:
         )
         spec.save(work / "finetune.json")
         started = time.perf_counter()
+
+        def seen(event: ChildEvent) -> None:  # where the steps run, for /round status
+            if isinstance(event, PlacedEvent):
+                self._where[guild] = ComputeInfo(event.backend, event.node)
+            if progress:
+                progress(event)
+
         trained = await self.compute.run_model("model.finetune", work / "finetune.json",
-                                  work / "finetune.log", s.round_timeout_s, progress,
+                                  work / "finetune.log", s.round_timeout_s, seen,
                                   done=TrainResult)
         info = await asyncio.to_thread(
             self.registry.add_version, guild, work / "candidate", champion.version,
@@ -365,7 +387,7 @@ class RoundService:
                       promote_z=s.promote_z, steps=s.sampler_steps, threads=s.torch_threads)
         ev.save(work / "evaluate.json")
         verdict = await self.compute.run_model("model.evaluate", work / "evaluate.json",
-                                  work / "evaluate.log", s.round_timeout_s, progress,
+                                  work / "evaluate.log", s.round_timeout_s, seen,
                                   done=Verdict)
         summary.metrics = RoundMetrics(trained, verdict,
                                        round(time.perf_counter() - started, 1))
@@ -410,7 +432,9 @@ class RoundService:
         running = await self.store.running_round(guild)
         last = next((r for r in await self.store.rounds(guild, limit=5)
                      if r.status != RoundStatus.RUNNING), None)
-        return RoundState(running, last)
+        order = sorted(self._queued, key=self._queued.__getitem__)
+        ahead = order.index(guild) if guild in order else None
+        return RoundState(running, last, ahead, self._where.get(guild))
 
     async def history(self, guild: str, limit: int = 8) -> list[RoundRow]:
         """The guild's last rounds, newest first."""

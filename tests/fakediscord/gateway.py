@@ -89,6 +89,13 @@ def wants(intents: int, event: str, data: JSON) -> bool:
     return needed == 0 or bool(intents & needed)
 
 
+def owns(shard: list[int], event: str, data: JSON) -> bool:
+    """Whether a session of `shard` [id, count] gets the event, as Discord routes them: a
+    guild's events to shard (guild_id >> 22) % count, direct messages to shard 0."""
+    guild = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
+    return (int(guild) >> 22) % shard[1] == shard[0] if guild else shard[0] == 0
+
+
 def visible(intents: int, bot_id: int, event: str, data: JSON) -> JSON:
     """Strip message content the client may not see without the MESSAGE_CONTENT intent."""
     if event not in ("MESSAGE_CREATE", "MESSAGE_UPDATE") or intents & INTENT_MESSAGE_CONTENT:
@@ -156,7 +163,7 @@ class Gateway:
             raise RuntimeError(f"cannot dispatch {event}: no client is connected to the gateway")
         sent = 0
         for session in list(self.sessions.values()):
-            if wants(session.intents, event, data):
+            if wants(session.intents, event, data) and owns(session.shard, event, data):
                 body = visible(session.intents, self.world.bot_id, event, data)
                 await session.dispatch(event, copy.deepcopy(body))
                 sent += 1
@@ -224,11 +231,12 @@ class Gateway:
         )
         self.sessions[session.session_id] = session
         world = self.world
+        mine = [g for g in world.guilds if owns(session.shard, "GUILD_CREATE", {"id": str(g)})]
         ready = {
             "v": 10,
             "user": p.self_user(world.bot_user),
             "user_settings": {},
-            "guilds": [{"id": str(g), "unavailable": True} for g in world.guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in mine],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.ws_url,
@@ -243,7 +251,7 @@ class Gateway:
             "_trace": ["fakediscord"],
         }
         await session.dispatch("READY", ready)
-        for guild_id in world.guilds:
+        for guild_id in mine:
             if session.intents & INTENT_GUILDS:
                 await session.dispatch(
                     "GUILD_CREATE", world.guild_create(guild_id, intents=session.intents)
