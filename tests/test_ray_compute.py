@@ -37,21 +37,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head node on 127.0.0.1 with 2 CPUs, its files in a temp dir (short: Ray's socket
-    paths must fit 107 characters); stopped at the end."""
+def start_cluster(temp: str) -> str:
     port = free_port()
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                     "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=false",
                     "--object-store-memory=100000000", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=120)
+                   check=True, capture_output=True, timeout=120,
+                   env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    return f"127.0.0.1:{port}"
+
+
+def kill_cluster(temp: str) -> None:
+    """Every process of the cluster whose files are under `temp` (a lost machine)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if temp.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node on 127.0.0.1 with 2 CPUs, its files in a temp dir (short: Ray's socket
+    paths must fit 107 characters); its processes killed at the end."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     try:
-        yield f"127.0.0.1:{port}"
+        yield start_cluster(temp)
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        kill_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -138,3 +152,43 @@ def test_the_cli_generates_on_the_cluster(cluster, tmp_path):
     assert "generating on the ray cluster" in out.stderr
     assert len(out.stdout.strip().splitlines()) == 2
     assert len(list((tmp_path / "out").iterdir())) == 2
+
+
+async def test_a_cluster_lost_mid_round_fails_the_round_and_generation_clearly(
+        tmp_path, monkeypatch):
+    import asyncio
+
+    from bot.core.compute import ComputeFailed
+    from bot.core.worker import GenerationJob
+
+    # Drivers give up on a lost cluster after 5 s here (Ray's default is a minute).
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "5")
+    temp = tempfile.mkdtemp(prefix="rl", dir="/tmp")
+    try:
+        settings = ray_settings(tmp_path, start_cluster(temp))
+        make_base(settings.models_dir)
+        registry = ModelRegistry(settings.models_dir)
+        compute = open_compute(settings)
+        try:
+            async with await Store.open(settings.db_path) as store:
+                tracks = TrackService(settings, store, registry, compute)
+                rounds = RoundService(settings, store, registry, compute=compute)
+                await rate(store, tracks, 10, 3)
+
+                def lose_the_cluster(event) -> None:
+                    if isinstance(event, PlacedEvent):
+                        threading.Thread(target=kill_cluster, args=(temp,)).start()
+
+                async with asyncio.timeout(180):  # never hangs
+                    failed = await rounds.run_round(GUILD, lose_the_cluster)
+                assert failed.status == "failed" and "model.finetune" in failed.reason
+                assert registry.active_name(GUILD) == "v0001"
+                job = GenerationJob(str(registry.version_dir(GUILD, "v0001")), (1,), 1.0, 3)
+                async with asyncio.timeout(180):
+                    with pytest.raises(ComputeFailed, match="generation failed"):
+                        await compute.generate(job)
+        finally:
+            compute.close()
+    finally:
+        kill_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
