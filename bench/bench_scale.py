@@ -13,7 +13,8 @@ Each backend then runs every guild's round at once on its own copy of that folde
   worker nodes with one CPU each), `CROWDTUNE_COMPUTE=ray`, one torch thread a round, and
   as many rounds admitted at once as there are guilds (Ray queues them by CPU).
 Printed per backend: wall time, rounds per hour, mean round latency (fine-tune + evaluation,
-as the round records it) and CPU-seconds a round; then the scaling ratio from one to two
+as the round records it, with any wait for a free CPU) and CPU-seconds a round (the
+backend's CPUs x wall time / rounds); then the scaling ratio from one to two
 workers. `--steps` and `--eval-clips` default below the round's (150, 24) so that the
 comparison fits in minutes; the per-round cost at the defaults is bench_round.py's.
 """
@@ -85,9 +86,11 @@ async def run_all(data: Path, a: argparse.Namespace, backend: str, cluster) -> d
         raise SystemExit(f"{backend}: a round did not succeed: {bad[0]}")
     latency = float(np.mean([s.metrics.seconds for s in done if s.metrics]))
     nodes = sorted({s.compute["node"] for s in done})
-    cpus = 2 if backend == "local" else 1
+    # CPU-seconds a round: the CPUs the backend holds over the whole run, per round (a ray
+    # round's latency includes its wait for a free CPU, so latency x CPUs would overcount).
+    cpus = 2 if backend == "local" else int(backend[3:])
     return {"wall": wall, "per_hour": a.guilds / wall * 3600, "latency": latency,
-            "cpu_s": latency * cpus, "nodes": nodes}
+            "cpu_s": wall * cpus / a.guilds, "nodes": nodes}
 
 
 def main() -> None:

@@ -7,8 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.core.config import BotSettings
-from bot.core.guild_config import ConfigError, GuildConfig, GuildConfigs, validate
+from bot.core.config import DAYS, BotSettings
+from bot.core.guild_config import (
+    ConfigError,
+    GuildConfig,
+    GuildConfigs,
+    spread_round_time,
+    validate,
+)
 from bot.core.ratelimit import RateLimited, SlidingWindowLimiter
 from bot.core.scheduler import GuildScheduler, last_fire_time, round_trigger
 from bot.core.store import Store
@@ -149,3 +155,19 @@ async def test_guild_configs_store_only_changes_and_reset(configs) -> None:
     assert cfg.posts_per_day == 3 and cfg.music_channel_id == 5
     fresh = GuildConfigs(configs.store, configs.defaults)
     assert await fresh.get("g") == cfg
+
+
+async def test_default_rounds_spread_over_the_week_by_guild(tmp_path) -> None:
+    settings = BotSettings(_env_file=None, data_dir=tmp_path, round_spread_hours=168)
+    guilds = [str(g) for g in range(10**17, 10**17 + 700)]
+    async with await Store.open(tmp_path / "db.sqlite3") as store:
+        configs = GuildConfigs(store, settings)
+        times = [((c := await configs.get(g)).round_day, c.round_hour) for g in guilds]
+        per_day = Counter(day for day, _ in times)
+        assert set(per_day) == set(DAYS) and max(per_day.values()) < 2 * min(per_day.values())
+        assert len(set(times)) > 140  # most of the week's 168 hours have a round
+        # Fixed per guild (another process computes the same), and a moderator's time wins.
+        assert spread_round_time(guilds[0], "sun", 18, 168) == times[0]
+        cfg = await configs.update(guilds[0], round_day="tue", round_hour=7)
+        assert (cfg.round_day, cfg.round_hour) == ("tue", 7)
+    assert spread_round_time(guilds[0], "sun", 18, 0) == ("sun", 18)  # the default: no spread

@@ -179,6 +179,10 @@ class BotSettings(Settings):
     round_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "sun"
     round_hour: int = Field(default=18, ge=0, le=23)
     round_minute: int = Field(default=0, ge=0, le=59)
+    # Spread the guilds that keep the default round time over this many hours from it (each
+    # guild its own hour, fixed by its id), so that many guilds' rounds do not fall due at
+    # once; 168 spreads them over the week. 0: every guild at the default time.
+    round_spread_hours: int = Field(default=0, ge=0, le=168)
     timezone: str = "UTC"
     # Votes cast while the bot was offline are read back from posts this recent.
     reconcile_days: float = Field(default=14.0, gt=0)

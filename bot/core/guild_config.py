@@ -7,6 +7,7 @@ that never changed a value follows the bot's defaults (`BotSettings`) as they ch
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -103,6 +104,15 @@ def validate(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def spread_round_time(guild_id: str, day: str, hour: int, spread_hours: int) -> tuple[str, int]:
+    """The default round day and hour moved by this guild's own offset, 0 to
+    `spread_hours` - 1 hours (crc32 of the id: the same in every process and release)."""
+    if spread_hours <= 1:
+        return day, hour
+    at = DAYS.index(day) * 24 + hour + zlib.crc32(guild_id.encode()) % spread_hours
+    return DAYS[at // 24 % 7], at % 24
+
+
 class GuildConfigs:
     """Reads and writes guild configs (cached: handlers read them on every event)."""
 
@@ -113,8 +123,9 @@ class GuildConfigs:
 
     def _base(self, guild_id: str) -> dict[str, Any]:
         d = self.defaults
-        return {"guild_id": guild_id, "timezone": d.timezone, "round_day": d.round_day,
-                "round_hour": d.round_hour, "round_minute": d.round_minute,
+        day, hour = spread_round_time(guild_id, d.round_day, d.round_hour, d.round_spread_hours)
+        return {"guild_id": guild_id, "timezone": d.timezone, "round_day": day,
+                "round_hour": hour, "round_minute": d.round_minute,
                 "posts_per_day": d.posts_per_day, "generate_per_hour": d.generate_per_hour}
 
     async def get(self, guild_id: int | str) -> GuildConfig:
