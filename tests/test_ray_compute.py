@@ -154,6 +154,18 @@ def test_the_cli_generates_on_the_cluster(cluster, tmp_path):
     assert len(list((tmp_path / "out").iterdir())) == 2
 
 
+def test_workers_that_cannot_read_the_data_dir_are_one_clear_line(cluster, tmp_path):
+    """The probe's marker is named through /proc/self/cwd: the bot's side finds it in its own
+    working directory, a Ray worker looks in its own (as a node without the shared mount
+    would look in a folder that is not there)."""
+    (tmp_path / "marker").write_text("token")
+    out = subprocess.run([sys.executable, "-m", "bot.core.ray_compute", "--address", cluster,
+                          "--probe", "/proc/self/cwd/marker"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "its workers cannot read the data dir" in out.stdout.strip().splitlines()[-1]
+
+
 async def test_a_cluster_lost_mid_round_fails_the_round_and_generation_clearly(
         tmp_path, monkeypatch):
     import asyncio

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # instead of a 21 MB copy); 0: full fine-tuning, the default until measured as good.
     finetune_lora_rank: int = Field(default=0, ge=0, le=256)
     finetune_lora_alpha: float = Field(default=8.0, gt=0)
+    # The adapter's learning rate: its factors start at zero and are few, so they need a
+    # larger step than the full weights (bench/bench_lora.py measured with 1e-3).
+    finetune_lora_lr: float = Field(default=1e-3, gt=0)
     # Shares of each fine-tuning batch (model/finetune.py): the best-rated generated tracks
     # (0: training on the model's own output amplified its artifacts, measured), the
     # uploads; the rest is starter-corpus replay guided by the guild's reward model.

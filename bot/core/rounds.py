@@ -350,7 +350,8 @@ class RoundService:
         spec = FinetuneSpec(
             parent_dir=str(parent_dir), out_dir=str(work / "candidate"), items=data.items,
             pairs=data.pairs, rated=data.rated, steps=s.finetune_steps,
-            batch_size=s.finetune_batch_size, lr=s.finetune_lr,
+            batch_size=s.finetune_batch_size,
+            lr=s.finetune_lora_lr if s.finetune_lora_rank else s.finetune_lr,
             lora_rank=s.finetune_lora_rank, lora_alpha=s.finetune_lora_alpha,
             track_share=s.finetune_track_share, upload_share=s.finetune_upload_share,
             library_share=s.finetune_library_share,
