@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model.pipeline import STEPS
+
 CHILD = r"""
 import json, resource, statistics, sys, time
 import torch
@@ -24,6 +26,7 @@ from model.train import make_builtin_pipeline
 model, repeats, steps, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 tags = json.loads(sys.argv[5]) or None
 pipe = CrowdtunePipeline.from_pretrained(model) if model != "untrained" else make_builtin_pipeline()
+pipe.for_generation()  # as the worker and evaluation load it
 pipe(num_inference_steps=steps, seconds=seconds, tags=tags)  # warm-up
 times = []
 for i in range(repeats):
@@ -45,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="data/models/base")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=STEPS)
     a = ap.parse_args()
     if a.model != "untrained" and not Path(a.model, "model_index.json").is_file():
         sys.exit(f"no model at {a.model}: run `crowdtune pretrain` (or pass --model untrained)")

@@ -20,7 +20,7 @@ import torch
 
 from model.codec import MelCodec, spectral_convergence
 from model.features import diversity, extract, feature_matrix, frechet_distance
-from model.pipeline import CrowdtunePipeline
+from model.pipeline import STEPS, CrowdtunePipeline
 from model.scores import score_corpus
 from model.synth import SAMPLE_RATE, corpus
 from model.train import make_builtin_pipeline
@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="data/models/base")
     ap.add_argument("-n", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=STEPS)
     a = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()

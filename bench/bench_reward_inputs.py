@@ -33,7 +33,7 @@ from bot.experiment.ear import EarCommunity, load_ear
 from model.corpus_pool import load_pool
 from model.features import extract
 from model.finetune import load_listener
-from model.pipeline import CrowdtunePipeline
+from model.pipeline import STEPS, CrowdtunePipeline
 from model.reward_model import INPUTS, Heard, RewardModel
 from model.tags import uniform
 
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=96)
     ap.add_argument("--members", type=int, default=12)
     ap.add_argument("--community", choices=("ear", "features"), default="ear")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(2)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from model.features import extract
-from model.pipeline import CrowdtunePipeline
+from model.pipeline import STEPS, CrowdtunePipeline
 from model.tagger import Tagger, adherence, confusion_text, predict
 from model.tags import VOCAB
 
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--model", default="data/models/base")
     ap.add_argument("--tagger", default="data/models/tagger")
     ap.add_argument("-n", type=int, default=8, help="clips per tag value")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--guidance", type=float, default=None)
     ap.add_argument("--guidance-share", type=float, default=None,
                     help="share of the steps (noisiest first) with classifier-free guidance")

@@ -32,13 +32,13 @@ import torch
 from model.contracts import ErrorEvent, EvalMetrics, EvalSpec, Verdict, exit_with_parent
 from model.features import diversity, extract
 from model.finetune import fit_reward_model, load_audio, load_listener, print_event
-from model.pipeline import CrowdtunePipeline, best_device
+from model.pipeline import CrowdtunePipeline
 from model.reward_model import Heard, RewardModel
 from model.tags import Tags, uniform
 
 
 def _generate(model_dir: str, spec: EvalSpec, tags: list[Tags]) -> tuple[list[np.ndarray], int]:
-    pipe = CrowdtunePipeline.from_pretrained(model_dir).to(best_device())
+    pipe = CrowdtunePipeline.from_pretrained(model_dir).for_generation()
     out = []
     for start in range(0, spec.clips, 8):
         n = min(8, spec.clips - start)

@@ -60,6 +60,12 @@ WINDOWS_PER_ANCHOR = 3
 SEED_STRENGTH = 0.7
 SEED_MIX = (0.0, 0.3)
 GUIDANCE = 3.0  # classifier-free guidance scale for asked tags
+# DPM-Solver++ steps a track takes by default (the bot's CROWDTUNE_SAMPLER_STEPS). Measured
+# on the shipped base, 2 cores, against 20: a guided 5-s clip ~0.55 s instead of ~0.9 s;
+# feature Frechet distance to held-out corpus clips 26.6 against 23.9 (two halves of the
+# corpus: 30.5); tag adherence within a clip or two of 20's (bench_tags -n 8); an upload's
+# seed round trip 0.094 mean mel error against 0.065.
+STEPS = 12
 # The share of sampling steps (the noisiest first) that use classifier-free guidance; the
 # rest take one conditional pass instead of two (guidance matters most while the noise is
 # high: Kynkäänniemi et al. 2024).
@@ -302,7 +308,7 @@ class CrowdtunePipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        num_inference_steps: int = 20,
+        num_inference_steps: int = STEPS,
         generator: torch.Generator | None = None,
         seconds: float | None = None,
         seed_latents: torch.Tensor | None = None,
@@ -362,6 +368,15 @@ class CrowdtunePipeline(DiffusionPipeline):
             audios.append(track.astype(np.float32))
         mels = [images[b * n_win:(b + 1) * n_win].numpy() for b in range(batch_size)]
         return TrackAudio(audios=audios, sample_rate=sr, mels=mels)
+
+    def for_generation(self) -> CrowdtunePipeline:
+        """This pipeline, ready to sample: on the best device, the UNet's weights
+        channels-last, where oneDNN's convolutions run faster (measured on 2 CPU cores: a
+        guided 5-s clip's batch of 2 ~5%, a 20-s track's batch of 10 ~18%). Not for training
+        or saving: safetensors writes only contiguous weights."""
+        self.to(best_device())
+        self.unet.to(memory_format=torch.channels_last)
+        return self
 
     # --- persistence ----------------------------------------------------------------------
 

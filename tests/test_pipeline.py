@@ -6,6 +6,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
 
 from model.pipeline import (
+    STEPS,
     CheckpointError,
     CrowdtunePipeline,
     crossfade,
@@ -54,6 +55,21 @@ def test_same_seed_same_audio_after_save_and_load(tmp_path):
     assert np.abs(a - b).max() < 1e-4
     assert np.abs(a - c).max() > 1e-2
     assert len(a) == TINY_MEL.window_samples
+
+
+def test_a_pipeline_ready_for_generation_makes_the_same_audio():
+    pipe = tiny_pipeline()
+    a = pipe(num_inference_steps=4, generator=torch.Generator().manual_seed(7)).audios[0]
+    ready = pipe.for_generation()
+    assert ready.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    b = ready(num_inference_steps=4, generator=torch.Generator().manual_seed(7)).audios[0]
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_the_bots_default_steps_are_the_pipelines():
+    from bot.core.config import Settings
+
+    assert Settings(_env_file=None).sampler_steps == STEPS
 
 
 def test_long_tracks_are_windows_crossfaded():

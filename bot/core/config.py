@@ -31,7 +31,8 @@ class Settings(BaseSettings):
 
     # Generation.
     track_seconds: float = Field(default=20.0, gt=0, le=300)
-    sampler_steps: int = Field(default=20, ge=1, le=1000)
+    # model.pipeline.STEPS, where the choice is measured (not imported: it loads torch).
+    sampler_steps: int = Field(default=12, ge=1, le=1000)
     audio_format: Literal["ogg", "mp3"] = "ogg"  # ogg is Opus
     keep_wav: bool = False
     torch_threads: int = 2

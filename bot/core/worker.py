@@ -56,7 +56,7 @@ def init_worker(threads: int) -> None:
 
 
 def _load(model_dir: str):
-    from model.pipeline import CrowdtunePipeline, best_device
+    from model.pipeline import CrowdtunePipeline
 
     # Version folders never change; the mtime guards a base that was re-pretrained.
     key = (model_dir, (Path(model_dir) / "model_index.json").stat().st_mtime)
@@ -64,7 +64,7 @@ def _load(model_dir: str):
         _pipelines.clear()
         # On the GPU when there is one: the seeds' noise is still drawn on the CPU (the
         # pipeline moves it), and the audio is decoded on the CPU.
-        _pipelines[key] = CrowdtunePipeline.from_pretrained(model_dir).to(best_device())
+        _pipelines[key] = CrowdtunePipeline.from_pretrained(model_dir).for_generation()
     return _pipelines[key]
 
 
