@@ -21,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.features import extract
+from model.features import extract, key_mode
 from model.pipeline import STEPS, CrowdtunePipeline
+from model.scores import score_corpus
 from model.tagger import Tagger, adherence, confusion_text, predict
 from model.tags import VOCAB
+
+HELD_OUT_SEED = 10_000_000  # as bench_quality: far from the training seeds
 
 
 def pink_noise_flatness(sr: int, seconds: float, seed: int = 0) -> float:
@@ -80,9 +83,37 @@ def main() -> None:
         print(f"  {field:<11} {share:6.1%}   (chance {1 / len(VOCAB[field]):.0%})")
     print(f"noise-like clips (flatness above pink noise's {pink:.3f}): {noisy:.1%}\n")
     print(confusion_text(confusion))
+    print_key_finding(asked, audios, pipe, tagger)
     if a.sheet:
         write_sheet(a.sheet, asked, images, a.n)
         print(f"\nspectrogram sheet: {a.sheet}")
+
+
+def print_key_finding(asked: list[dict[str, str]], audios: list[np.ndarray],
+                      pipe: CrowdtunePipeline, tagger: Tagger, n_corpus: int = 128) -> None:
+    """Mode by a second judge, chroma key finding (model/features.key_mode), which shares
+    nothing with the tagger: on the clips asked for a mode and, as both judges' own
+    accuracy, on held-out corpus clips (the synthesiser style has no mode: left out)."""
+    sr = pipe.mel.config.sample_rate
+    print("\nmode by chroma key finding (share of clips asked for a mode heard in it):")
+    for value in VOCAB["mode"]:
+        idx = [i for i, t in enumerate(asked) if t == {"mode": value}]
+        found = np.mean([key_mode(extract(audios[i], sr).chroma) == value for i in idx])
+        print(f"  asked {value:<6} {found:6.1%}")
+    clips, infos = score_corpus(n_corpus, seed=HELD_OUT_SEED, sample_rate=sr,
+                                cache_dir=Path("data/cache/scores"))
+    keep = [i for i, info in enumerate(infos) if info.source != "synth"]
+    truth = [infos[i].tags["mode"] for i in keep]
+    images = torch.cat([pipe.mel.encode_windows(torch.from_numpy(clips[i]))[:1] for i in keep])
+    by_tagger = [h["mode"] for h in predict(tagger, images)]
+    by_key = [key_mode(extract(clips[i], sr).chroma) for i in keep]
+    print(f"the judges' own accuracy on {len(keep)} held-out corpus clips "
+          "(major / minor recall):")
+    for name, said in (("tagger", by_tagger), ("key finding", by_key)):
+        recall = [np.mean([s == v for s, t in zip(said, truth, strict=True) if t == v])
+                  for v in VOCAB["mode"]]
+        right = np.mean([s == t for s, t in zip(said, truth, strict=True)])
+        print(f"  {name:<12} {right:6.1%}  ({recall[0]:.0%} / {recall[1]:.0%})")
 
 
 def write_sheet(path: Path, asked: list[dict[str, str]], images: list[np.ndarray],
@@ -96,7 +127,7 @@ def write_sheet(path: Path, asked: list[dict[str, str]], images: list[np.ndarray
     from model.codec import MelConfig
     from model.train import corpus_images
 
-    corpus, records = corpus_images(256, 10_000_000, MelConfig(), "scores")
+    corpus, records = corpus_images(256, HELD_OUT_SEED, MelConfig(), "scores")
     labels = [next(iter(t.items())) for t in asked[::per_value]]
     fig, axes = plt.subplots(len(labels), 2, figsize=(6, 1.1 * len(labels)))
     for row, (field, value) in enumerate(labels):

@@ -44,3 +44,21 @@ def test_frechet_distance_separates_sets():
     assert frechet_distance(fa, fa) < 1e-6
     assert frechet_distance(fa, fn) > 5 * frechet_distance(fa, fb)
     assert diversity(fa) > diversity(np.repeat(fa[:1], 24, axis=0))
+
+
+def test_key_finding_hears_major_and_minor_in_any_key():
+    from model.features import key_mode
+
+    sr = 16000
+    t = np.arange(sr * 2) / sr
+
+    def key(tonic: int, third: int, sixth: int) -> np.ndarray:
+        # A key's notes, its tonic triad louder (as a melody over its chords would sound).
+        notes = [(tonic, 3), (tonic + third, 2), (tonic + 7, 2), (tonic + 2, 1),
+                 (tonic + 5, 1), (tonic + sixth, 1), (tonic + 11, 1)]
+        x = sum(w * np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m, w in notes)
+        return (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+    for tonic in (57, 60, 62, 67):
+        assert key_mode(extract(key(tonic, 4, 9), sr).chroma) == "major"
+        assert key_mode(extract(key(tonic, 3, 8), sr).chroma) == "minor"
