@@ -35,7 +35,7 @@ from model.features import extract
 from model.finetune import load_listener
 from model.pipeline import STEPS, CrowdtunePipeline
 from model.reward_model import INPUTS, Heard, RewardModel
-from model.tags import uniform
+from model.tags import VOCAB, uniform
 
 
 def main() -> None:
@@ -104,6 +104,27 @@ def main() -> None:
         transfer = float(np.corrcoef(model.predict(pool_heard), truth)[0, 1])
         print(f"| {inputs} | {model.corr:.2f} | {transfer:.2f} | {model.alpha:g} | "
               f"{fit_s:.1f} |")
+    if a.community == "ear":
+        print_judges(community, heard_by_members, heard, y)
+
+
+def print_judges(community: EarCommunity, hearings: list, heard: Heard, y: np.ndarray) -> None:
+    """How far apart the tagger (what the reward model reads) and the community's ear hear
+    the same clips, field by field, and the held-out r of a reward model that read the ear's
+    own beliefs instead: a bound that no input set of the bot can reach, and that it would
+    be wrong to chase by reading what the ear reads."""
+    beliefs = np.asarray(community.ear.beliefs(hearings))
+    print("\n| field | tagger and ear agree (top value) | ear's top belief | tagger's |")
+    print("|---|---|---|---|")
+    col = 0
+    for field, values in VOCAB.items():
+        b, t = beliefs[:, col:col + len(values)], heard.tags[:, col:col + len(values)]
+        print(f"| {field} | {np.mean(b.argmax(1) == t.argmax(1)):.2f} | "
+              f"{b.max(1).mean():.2f} | {t.max(1).mean():.2f} |")
+        col += len(values)
+    empty = heard.embedding[:, :0]
+    oracle = RewardModel.fit(Heard(empty, beliefs, heard.spectral[:, :0]), y, inputs="embedding")
+    print(f"held-out r of a reward model reading the ear's own beliefs: {oracle.corr:.2f}")
 
 
 if __name__ == "__main__":

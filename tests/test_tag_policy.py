@@ -108,11 +108,32 @@ def test_two_camps_are_found_and_served_what_neither_dislikes():
     # extremes and still serves the piano everyone likes.
     policy = TagPolicy.from_votes(votes, [], tags)
     assert policy.camps == camps
+    assert policy.turns == set()  # medium serves both camps: no turns
     prefs = policy.preferences(draws=3000)
     assert prefs["tempo"]["medium"] > 0.7
     assert prefs["instrument"]["piano"] > 0.6
     lines = "\n".join(taste_lines(policy))
     assert "Two camps (5 and 5 members)" in lines and "tempo" in lines
+
+
+def test_camps_at_odds_on_a_yes_no_field_take_turns():
+    from bot.core.rewards import Vote
+
+    # Members 0-4 want drums and 5-9 do not; there is no value in between, so serving what
+    # neither dislikes would hand drums to one camp on every track.
+    rng = random.Random(0)
+    tags, votes = {}, []
+    for t in range(96):
+        tags[t] = tagvocab.uniform(rng)
+        for m in range(10):
+            sign = 1 if m < 5 else -1
+            x = 3.0 + sign * (0.9 if tags[t]["drums"] == "yes" else -0.9) + rng.gauss(0, 0.7)
+            votes.append(Vote(t, m, int(min(5, max(1, round(x))))))
+    policy = TagPolicy.from_votes(votes, [], tags)
+    assert policy.camps is not None and "drums" in policy.camps.conflicts
+    assert "drums" in policy.turns
+    assert 0.35 < policy.preferences(draws=3000)["drums"]["yes"] < 0.65
+    assert "take turns between the camps on drums" in "\n".join(taste_lines(policy))
 
 
 def test_a_guild_that_merely_differs_in_degree_has_no_camps():

@@ -23,7 +23,11 @@ only when the two groups truly conflict: on some field each group's favourite va
 the other at least `conflict_gap` normalised stars, with `conflict_z` standard errors. Then
 each group gets its own posteriors, and a draw scores each value by the *lower* of the
 groups' samples: the bot serves what neither camp dislikes (maximin), not the louder camp's
-favourite. Members who voted too little to place count in both groups.
+favourite. Where no value sits between the camps' favourites (drums or not), that would
+hand the field to one camp for good; so on a conflicting field where taking turns between
+the favourites leaves the worse-off camp better off (posterior means, by a margin), the
+camps take turns: each draw serves one camp, picked by a coin, on every such field.
+Members who voted too little to place count in both groups.
 
 The baseline arm never uses this (TrackService): it keeps uniform tags, so each round's
 gain is measured against where the guild started.
@@ -61,6 +65,9 @@ class PolicyConfig:
     group_min_share: float = 0.2
     conflict_gap: float = 0.4
     conflict_z: float = 3.0
+    # How much better (normalised stars) the worse-off camp must do by taking turns than
+    # with the best single value, for the camps to take turns on a field.
+    turns_margin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,17 @@ class TagPolicy:
         self.groups: list[Beliefs] = [beliefs] if isinstance(beliefs, Mapping) else list(beliefs)
         self.cfg = cfg
         self.camps = camps
+        self.turns = {f for f in (camps.conflicts if camps else {}) if self._take_turns(f)}
+
+    def _take_turns(self, f: str) -> bool:
+        """Whether taking turns between the camps' favourite values of field f serves the
+        worse-off camp better than any single value does (module doc)."""
+        values = tagvocab.VOCAB[f]
+        means = [{v: g[f][v].mean for v in values} for g in self.groups]
+        favourites = [max(values, key=m.__getitem__) for m in means]
+        turns = min(sum(m[v] for v in favourites) / len(favourites) for m in means)
+        single = max(min(m[v] for m in means) for v in values)
+        return turns > single + self.cfg.turns_margin
 
     @staticmethod
     def _beliefs(rewarded: Iterable[tuple[Mapping[str, str], float]],
@@ -162,11 +180,15 @@ class TagPolicy:
 
     def draw(self, rng: random.Random) -> dict[str, str]:
         """One tag set: per field a Thompson sample (the lowest of the camps' samples per
-        value), or (with probability explore) uniform."""
+        value, or on fields the camps take turns on, this draw's camp's), or (with
+        probability explore) uniform."""
         out = {}
+        turn = self.groups[rng.randrange(len(self.groups))] if self.turns else None
         for f, values in tagvocab.VOCAB.items():
             if rng.random() < self.cfg.explore:
                 out[f] = rng.choice(values)
+            elif turn is not None and f in self.turns:
+                out[f] = max(values, key=lambda v, f=f: rng.gauss(turn[f][v].mean, turn[f][v].sd))
             else:
                 out[f] = max(values, key=lambda v, f=f: min(
                     rng.gauss(g[f][v].mean, g[f][v].sd) for g in self.groups))
@@ -262,6 +284,9 @@ def taste_lines(policy: TagPolicy, top: int = 2) -> list[str]:
     if policy.camps:
         sizes = " and ".join(str(len(g)) for g in policy.camps.groups)
         split = "; ".join(f"{f} {a} against {b}" for f, (a, b) in policy.camps.conflicts.items())
-        lines.append(f"Two camps ({sizes} members) want opposite things: {split}. "
-                     "New tracks favour what neither camp dislikes.")
+        served = ("New tracks take turns between the camps on "
+                  + ", ".join(sorted(policy.turns)) + " and elsewhere favour what neither "
+                  "camp dislikes." if policy.turns else
+                  "New tracks favour what neither camp dislikes.")
+        lines.append(f"Two camps ({sizes} members) want opposite things: {split}. {served}")
     return lines
