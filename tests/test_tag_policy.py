@@ -130,8 +130,10 @@ def test_camps_at_odds_on_a_yes_no_field_take_turns():
             x = 3.0 + sign * (0.9 if tags[t]["drums"] == "yes" else -0.9) + rng.gauss(0, 0.7)
             votes.append(Vote(t, m, int(min(5, max(1, round(x))))))
     policy = TagPolicy.from_votes(votes, [], tags)
-    assert policy.camps is not None and "drums" in policy.camps.conflicts
-    assert "drums" in policy.turns
+    # Other fields are not taken for conflicts because their values came with more or
+    # fewer drums by chance (each value's effect is read with the other fields held fixed).
+    assert policy.camps is not None and set(policy.camps.conflicts) == {"drums"}
+    assert policy.turns == {"drums"}
     assert 0.35 < policy.preferences(draws=3000)["drums"]["yes"] < 0.65
     assert "take turns between the camps on drums" in "\n".join(taste_lines(policy))
 

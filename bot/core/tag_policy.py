@@ -20,7 +20,8 @@ Two camps. A server can hold two groups of members who want opposite things on o
 camp is louder on the shared axes, and the other camp's ratings fall. So members who voted
 enough are split in two by their normalised votes per tag value (2-means); the split stands
 only when the two groups truly conflict: on some field each group's favourite value costs
-the other at least `conflict_gap` normalised stars, with `conflict_z` standard errors. Then
+the other at least `conflict_gap` normalised stars, with `conflict_z` standard errors (each
+value's effect read with the other fields held fixed, by one regression per group). Then
 each group gets its own posteriors, and a draw scores each value by the *lower* of the
 groups' samples: the bot serves what neither camp dislikes (maximin), not the louder camp's
 favourite. Where no value sits between the camps' favourites (drums or not), that would
@@ -228,31 +229,47 @@ def find_camps(votes: Sequence[Vote], tags: Mapping[int, Mapping[str, str]],
     if min(len(g) for g in groups) < max(2, cfg.group_min_share * len(members)):
         return None
     conflicts = {}
+    fits = [_value_effects([(tags[t], zz) for m in g for t, zz in by_member[m]], columns)
+            for g in groups]
     for f, values in tagvocab.VOCAB.items():
-        stats = []  # per group: value -> (mean z, standard error)
-        for g in groups:
-            per: dict[str, tuple[float, float]] = {}
-            for value in values:
-                got = np.array([zz for m in g for t, zz in by_member[m]
-                                if tags[t].get(f) == value])
-                if len(got) >= 2:
-                    per[value] = (float(got.mean()), float(got.std(ddof=1) / math.sqrt(len(got))))
-            stats.append(per)
-        if any(len(per) < 2 for per in stats):
+        idx = {v: columns.index((f, v)) for v in values}
+        heard = [v for v in values if all(n[idx[v]] >= 2 for _, _, n in fits)]
+        if len(heard) < 2:
             continue
-        best = [max(per, key=lambda v, per=per: per[v][0]) for per in stats]
-        if best[0] == best[1] or any(b not in per for per in stats for b in best):
+        best = [max(heard, key=lambda v, e=e: e[idx[v]]) for e, _, _ in fits]
+        if best[0] == best[1]:
             continue
-        if all(_costs(stats[k], best[k], best[1 - k], cfg) for k in (0, 1)):
+        if all(_costs(fits[k], idx[best[k]], idx[best[1 - k]], cfg) for k in (0, 1)):
             conflicts[f] = (best[0], best[1])
     return Camps(groups, conflicts) if conflicts else None  # type: ignore[arg-type]
 
 
-def _costs(per: Mapping[str, tuple[float, float]], own: str, other: str,
+def _value_effects(rows: Sequence[tuple[Mapping[str, str], float]],
+                   columns: Sequence[tuple[str, str]], ridge: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A group's normalised stars regressed on every field's values at once (ridge): each
+    value's effect with the other fields held fixed, their covariance and the votes behind
+    each. Marginal means per value would credit a value with whatever it was served
+    alongside (once the policy pairs fast with drums, a camp that wants drums seems to want
+    fast too)."""
+    x = np.array([[1.0 if t.get(f) == v else 0.0 for f, v in columns] + [1.0]
+                  for t, _ in rows])
+    y = np.array([z for _, z in rows])
+    penalty = ridge * np.eye(x.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    inv = np.linalg.inv(x.T @ x + penalty)
+    coef = inv @ x.T @ y
+    noise = float(np.mean((y - x @ coef) ** 2))
+    return coef[:-1], noise * inv[:-1, :-1], x[:, :-1].sum(0)
+
+
+def _costs(fit: tuple[np.ndarray, np.ndarray, np.ndarray], own: int, other: int,
            cfg: PolicyConfig) -> bool:
-    """Whether the other group's favourite costs this group a conflict's worth."""
-    loss = per[own][0] - per[other][0]
-    se = math.hypot(per[own][1], per[other][1])
+    """Whether the other group's favourite value (column `other`) costs this group a
+    conflict's worth against its own (column `own`)."""
+    effect, cov, _ = fit
+    loss = effect[own] - effect[other]
+    se = math.sqrt(max(cov[own, own] + cov[other, other] - 2 * cov[own, other], 0.0))
     return loss >= cfg.conflict_gap and loss >= cfg.conflict_z * se
 
 
