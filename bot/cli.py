@@ -207,8 +207,11 @@ def build_parser() -> Parser:
                      "steps (under 10 min on 2 cores; the default is 5 rounds, 96 tracks, 160 "
                      "per arm, ~90 min)")
     sim.add_argument("--ablation", action="store_true",
-                     help="run and tabulate: no fine-tuning, ratings only, listen time only, "
-                     "both, both + uploads, and the paper's plain reward-weighted method")
+                     help="run and tabulate the variants: feedback sources (no fine-tuning, "
+                     "ratings, listening, uploads), the paper's plain reward-weighted method, "
+                     "no tag policy, the reward model's inputs, the older community, a library")
+    sim.add_argument("--only", metavar="VARIANT,...",
+                     help="with --ablation: just these variants (names as in the table)")
     sim.add_argument("--rounds", type=positive_int(50))
     sim.add_argument("--tracks", type=positive_int(10_000), help="tracks rated a round")
     sim.add_argument("--final", type=positive_int(10_000), help="tracks per arm at the end")
@@ -556,6 +559,13 @@ async def _round_run(settings: BotSettings, args: argparse.Namespace) -> int:
 async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
     from bot.experiment.simulate import ABLATIONS, SimConfig, Simulation, markdown, write_outputs
 
+    variants = ABLATIONS if args.ablation else {"": {}}
+    if args.ablation and args.only:
+        picked = [n.strip() for n in args.only.split(",")]
+        unknown = [n for n in picked if n not in ABLATIONS]
+        if unknown:
+            raise UserError(f"unknown variant {unknown[0]!r}; one of: {', '.join(ABLATIONS)}")
+        variants = {n: ABLATIONS[n] for n in picked}
     registry = ModelRegistry(settings.models_dir)
     if not registry.has_base():
         raise UserError("no base model yet: run `crowdtune pretrain` first")
@@ -568,7 +578,6 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
                                 "library": args.library}.items()
              if v is not None}
     cfg = SimConfig.quick(**flags) if args.quick else SimConfig(**flags)
-    variants = ABLATIONS if args.ablation else {"": {}}
     results = {}
     for name, change in variants.items():
         variant = SimConfig(**{**cfg.__dict__, **change})

@@ -128,6 +128,8 @@ def test_generate_with_tags_records_them(capsys, data_dir, tmp_path, monkeypatch
 
 def test_missing_base_and_bad_settings(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    code, _, err = crowdtune(capsys, "simulate", "--ablation", "--only", "no tag policy,kazoo")
+    assert code == 2 and "unknown variant 'kazoo'; one of: no fine-tuning" in err
     code, _, err = crowdtune(capsys, "generate", "--guild", "g", "--out", "o")
     assert code == 2 and "run `crowdtune pretrain` first" in err
     (tmp_path / "file").write_text("x")
