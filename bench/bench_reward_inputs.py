@@ -14,7 +14,9 @@ model/reward_model.py it prints:
   needs: it picks the clips to rehearse by these predictions);
 - the penalty the grid chose, and seconds to fit;
 and, as a ceiling for the held-out r, how well the rewards themselves (noisy votes) correlate
-with the community's noise-free mean stars of the same clips.
+with the community's noise-free mean stars of the same clips. With the ear community, also
+how often the tagger and the community's ear agree per field, and the r of a reward model
+reading the ear's own beliefs.
 """
 
 from __future__ import annotations

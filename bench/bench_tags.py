@@ -7,8 +7,9 @@ For every value of every field, n clips are generated asking for that value only
 fields left to the model), on the same seeds; the tagger (model/tagger.py) tags them.
 Printed: per field, the share of clips where the asked value was heard, and the confusion
 table (rows asked, columns heard); the share of noise-like clips (spectral flatness above
-that of pink noise at the same analysis); and, with --sheet, a spectrogram sheet with one
-generated clip per tag value beside a corpus clip carrying that value.
+that of pink noise at the same analysis); mode by a second judge, chroma key finding, with
+both judges' accuracy on held-out corpus clips; and, with --sheet, a spectrogram sheet with
+one generated clip per tag value beside a corpus clip carrying that value.
 A model without tag conditioning is measured too: its adherence is what chance gives.
 """
 
