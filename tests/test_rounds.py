@@ -143,6 +143,26 @@ async def test_champion_rated_significantly_worse_is_rolled_back(env):
     assert registry.active_name(GUILD) == "v0001" or summary.promoted
 
 
+async def test_a_few_unlucky_tracks_with_many_votes_do_not_roll_back(env):
+    settings, store, registry, tracks, rounds = env
+    registry.ensure_guild(GUILD)
+    v2 = registry.add_version(GUILD, registry.version_dir(GUILD, "v0001"), "v0001", "finetune")
+    registry.promote(GUILD, v2.version)
+    new = await tracks.generate(GUILD, 3, seed=1)
+    base = await tracks.generate(GUILD, 3, seed=2, origin="baseline")
+    fb = FeedbackService(store)
+    # 40 votes a side, so a test over votes would call it (p ~ 1e-15); two rated tracks a
+    # side cannot tell a worse model from two unlucky draws.
+    for m in range(20):
+        for t in new[:2]:
+            await fb.record_vote(t.track_id, f"m{m}", 1)
+        for t in base[:2]:
+            await fb.record_vote(t.track_id, f"m{m}", 5)
+    summary = await rounds.run_round(GUILD)
+    assert not summary.rolled_back
+    assert registry.active_name(GUILD) == "v0002" or summary.promoted
+
+
 async def test_the_reward_model_learns_from_past_rounds_ratings_too(env):
     settings, store, registry, tracks, rounds = env
     await rate(store, tracks, 10, 3)

@@ -5,7 +5,8 @@
          two processes); a 'running' row left by a crashed process is marked failed; then wait
          for one of `round_concurrency` slots (rounds that fall due together queue in order)
       2. automatic rollback: if the champion's tracks were rated significantly worse than the
-         baseline tracks posted beside them (two-sided Mann-Whitney, p < rollback_p_value),
+         baseline tracks posted beside them (two-sided Mann-Whitney over the tracks' mean
+         stars, p < rollback_p_value),
          the guild goes back to the champion's parent first
       3. the training set: rewards from the window's votes and listens (bot/core/rewards.py), the
          best-rewarded tracks weighted by reward, the guild's uploads as positives, preference
@@ -66,6 +67,11 @@ from model.contracts import (
 from model.registry import ModelRegistry, VersionInfo
 
 log = logging.getLogger(__name__)
+
+# An automatic rollback needs rated tracks on both sides (champion and baseline): at least
+# this many, with at least this many votes in all.
+ROLLBACK_MIN_TRACKS = 5
+ROLLBACK_MIN_VOTES = 10
 
 
 class RoundBusy(UserFacingError):
@@ -402,13 +408,17 @@ class RoundService:
         if champion.parent is None:
             return None
         feedback = await self.store.track_feedback(guild, since=champion.created_at)
-        new = [v.stars for f in feedback if f.track.origin == Origin.GENERATED
-               and f.track.model_version == champion.version for v in f.votes]
-        base = [v.stars for f in feedback if f.track.origin == Origin.BASELINE
-                and f.track.created_at >= champion.created_at for v in f.votes]
-        if len(new) < 10 or len(base) < 10:
+        new = [f.votes for f in feedback if f.track.origin == Origin.GENERATED
+               and f.track.model_version == champion.version and f.votes]
+        base = [f.votes for f in feedback if f.track.origin == Origin.BASELINE
+                and f.track.created_at >= champion.created_at and f.votes]
+        if min(len(new), len(base)) < ROLLBACK_MIN_TRACKS or \
+                min(sum(map(len, new)), sum(map(len, base))) < ROLLBACK_MIN_VOTES:
             return None
-        gain, p = compare(new, base)
+        # The track is the unit: its votes share its sound, so testing votes as if they
+        # were independent made a few unlucky tracks look significant.
+        gain, p = compare([sum(v.stars for v in vs) / len(vs) for vs in new],
+                          [sum(v.stars for v in vs) / len(vs) for vs in base])
         if gain < 0 and p < self.settings.rollback_p_value:
             info = await asyncio.to_thread(self.registry.rollback, guild)
             note = (f"rolled back {champion.version} -> {info.version}: its tracks were rated "
