@@ -123,13 +123,18 @@ async def test_two_rounds_never_run_at_once_and_stale_rows_are_closed(env):
     assert (await store.get_round(stale.id)).status == "failed"
 
 
-async def test_champion_rated_significantly_worse_is_rolled_back(env):
-    settings, store, registry, tracks, rounds = env
+async def champion_beside_baseline(registry, tracks, n: int):
+    """v0002 (a copy of v0001) promoted; n tracks from it and n baseline tracks."""
     registry.ensure_guild(GUILD)
     v2 = registry.add_version(GUILD, registry.version_dir(GUILD, "v0001"), "v0001", "finetune")
     registry.promote(GUILD, v2.version)
-    new = await tracks.generate(GUILD, 6, seed=1)
-    base = await tracks.generate(GUILD, 6, seed=2, origin="baseline")
+    return (await tracks.generate(GUILD, n, seed=1),
+            await tracks.generate(GUILD, n, seed=2, origin="baseline"))
+
+
+async def test_champion_rated_significantly_worse_is_rolled_back(env):
+    settings, store, registry, tracks, rounds = env
+    new, base = await champion_beside_baseline(registry, tracks, 6)
     assert {t.model_version for t in new} == {"v0002"}
     assert {t.model_version for t in base} == {"v0001"}
     fb = FeedbackService(store)
@@ -145,11 +150,7 @@ async def test_champion_rated_significantly_worse_is_rolled_back(env):
 
 async def test_a_few_unlucky_tracks_with_many_votes_do_not_roll_back(env):
     settings, store, registry, tracks, rounds = env
-    registry.ensure_guild(GUILD)
-    v2 = registry.add_version(GUILD, registry.version_dir(GUILD, "v0001"), "v0001", "finetune")
-    registry.promote(GUILD, v2.version)
-    new = await tracks.generate(GUILD, 3, seed=1)
-    base = await tracks.generate(GUILD, 3, seed=2, origin="baseline")
+    new, base = await champion_beside_baseline(registry, tracks, 3)
     fb = FeedbackService(store)
     # 40 votes a side, so a test over votes would call it (p ~ 1e-15); two rated tracks a
     # side cannot tell a worse model from two unlucky draws.

@@ -301,9 +301,10 @@ def taste_lines(policy: TagPolicy, top: int = 2) -> list[str]:
     if policy.camps:
         sizes = " and ".join(str(len(g)) for g in policy.camps.groups)
         split = "; ".join(f"{f} {a} against {b}" for f, (a, b) in policy.camps.conflicts.items())
-        served = ("New tracks take turns between the camps on "
-                  + ", ".join(sorted(policy.turns)) + " and elsewhere favour what neither "
-                  "camp dislikes." if policy.turns else
-                  "New tracks favour what neither camp dislikes.")
+        served = "New tracks favour what neither camp dislikes."
+        if policy.turns:
+            served = ("New tracks take turns between the camps on "
+                      f"{', '.join(sorted(policy.turns))} and elsewhere favour what neither "
+                      "camp dislikes.")
         lines.append(f"Two camps ({sizes} members) want opposite things: {split}. {served}")
     return lines
