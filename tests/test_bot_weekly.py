@@ -82,7 +82,8 @@ async def test_weekly_cycle(fake_discord: FakeDiscord, tmp_path, monkeypatch) ->
                 ".png"), timeout=60)
         [chart] = report.files
         assert chart.filename == "round-1.png" and chart.data[:8] == b"\x89PNG\r\n\x1a\n"
-        assert report.body["content"].startswith("**Round 1** - 12 ratings\n")
+        rated = sum(1 for v in cast.values() if v)
+        assert report.body["content"].startswith(f"**Round 1** - 12 ratings on {rated} tracks\n")
         task = env.bot.round_task(gid)
         if task is not None:
             await task

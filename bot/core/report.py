@@ -5,14 +5,16 @@ Track origins: 'generated' (the candidate/new model), 'baseline' (the previous c
 the base, posted alongside so that each round's gain is measured, not assumed) and
 'upload_seeded' (generated from DDIM inversions of members' uploads).
 
-Statistics:
-- `mean_ci`: mean with a Student-t interval. Stars are ordinal, but with tens of votes the
-  mean is what the paper reports (+0.20, +0.39 per iteration) and the t-interval is the
-  usual, readable error bar for it.
-- `compare`: gain = difference of means, tested with a two-sided Mann-Whitney U test. Stars
-  are ordinal 1..5 with many ties and skewed, bounded distributions, so a t-test's normality
-  and interval-scale assumptions do not hold; Mann-Whitney only uses the ranks (with the tie
-  correction), asking whether a new track's rating tends to exceed a baseline track's.
+Statistics (the track is the unit: a track's votes share its sound, so treating 18 votes of
+one track as 18 independent observations made every p-value far too small; the simulation
+once showed p = 3e-5 between two arms of the same model):
+- `mean_ci`: mean of the tracks' mean stars with a Student-t interval over tracks. Stars are
+  ordinal, but the mean is what the paper reports (+0.20, +0.39 per iteration) and the
+  t-interval is the usual, readable error bar for it.
+- `compare`: gain = difference of the mean track means, tested with a two-sided Mann-Whitney
+  U test on the track means. Stars are ordinal and bounded, so a t-test's normality does not
+  hold for a few votes a track; Mann-Whitney only uses the ranks (with the tie correction),
+  asking whether a new track tends to be rated above a baseline track.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,21 +41,31 @@ ORIGINS = (GENERATED, BASELINE, UPLOAD_SEEDED)
 COLOURS = {GENERATED: "#0072B2", BASELINE: "#7F7F7F", UPLOAD_SEEDED: "#E69F00"}
 LABELS = {GENERATED: "new model", BASELINE: "baseline", UPLOAD_SEEDED: "upload-seeded"}
 MAX_SUMMARY_CHARS = 1500  # well under Discord's 2,000-character message limit
-# Below this many votes an arm's interval is wider than the scale says anything about (two
-# votes of 4 and 5 give "4.50 ± 6.35"): the report says so instead of printing it.
-MIN_VOTES_TO_TELL = 5
+# Below this many rated tracks an arm's interval is wider than the scale says anything about
+# (two tracks rated 4 and 5 give "4.50 ± 6.35"): the report says so instead of printing it.
+MIN_TRACKS_TO_TELL = 5
 
 
 @dataclass(frozen=True)
 class RoundRatings:
-    """One round's star ratings (one value per vote) by track origin."""
+    """One round's star ratings by track origin: per origin, one list of stars per track."""
 
     round: int
-    ratings: dict[str, list[float]]
-    tracks: dict[str, int] = field(default_factory=dict)  # tracks rated per origin, optional
+    ratings: dict[str, list[list[float]]]
+
+    def origins(self) -> list[str]:
+        """Origins with at least one rated track, the known ones first in their fixed order."""
+        rated = [o for o, tracks in self.ratings.items() if any(tracks)]
+        return [o for o in ORIGINS if o in rated] + sorted(set(rated) - set(ORIGINS))
+
+    def track_means(self, origin: str) -> list[float]:
+        return [float(np.mean(v)) for v in self.ratings.get(origin, []) if len(v)]
 
     def n_votes(self) -> int:
-        return sum(len(v) for v in self.ratings.values())
+        return sum(len(v) for tracks in self.ratings.values() for v in tracks)
+
+    def n_tracks(self) -> int:
+        return sum(1 for tracks in self.ratings.values() for v in tracks if len(v))
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -85,9 +97,9 @@ def _json_float(x: float) -> float | None:
 
 def round_stats(r: RoundRatings) -> dict:
     """One entry of `crowdtune simulate --json`'s `rounds` list (NaN becomes null)."""
-    new_m, new_lo, new_hi = mean_ci(r.ratings.get(GENERATED, []))
-    base_m, base_lo, base_hi = mean_ci(r.ratings.get(BASELINE, []))
-    gain, p = compare(r.ratings.get(GENERATED, []), r.ratings.get(BASELINE, []))
+    new_m, new_lo, new_hi = mean_ci(r.track_means(GENERATED))
+    base_m, base_lo, base_hi = mean_ci(r.track_means(BASELINE))
+    gain, p = compare(r.track_means(GENERATED), r.track_means(BASELINE))
     return {
         "round": r.round,
         "new_mean": _json_float(new_m),
@@ -106,15 +118,15 @@ def rating_chart(rounds: Sequence[RoundRatings], path: str | Path,
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)  # Agg canvas, no display or pyplot global state needed
     ax = fig.add_subplot()
-    origins = [o for o in ORIGINS if any(r.ratings.get(o) for r in rounds)]
-    origins += sorted({o for r in rounds for o, v in r.ratings.items() if v} - set(origins))
+    seen = {o for r in rounds for o in r.origins()}
+    origins = [o for o in ORIGINS if o in seen] + sorted(seen - set(ORIGINS))
     # Small horizontal offsets so overlapping error bars stay apart.
     n = len(origins)
     offsets = np.linspace(-0.08, 0.08, n) if n > 1 else np.zeros(n)
     for origin, dx in zip(origins, offsets, strict=True):
         xs, means, lo_err, hi_err = [], [], [], []
         for r in sorted(rounds, key=lambda r: r.round):
-            m, lo, hi = mean_ci(r.ratings.get(origin, []))
+            m, lo, hi = mean_ci(r.track_means(origin))
             if math.isnan(m):
                 continue
             xs.append(r.round + dx)
@@ -151,6 +163,10 @@ def _fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else ("p<0.001" if p < 0.001 else f"p={p:.3f}")
 
 
+def _n_tracks(n: int) -> str:
+    return f"{n} track" + ("" if n == 1 else "s")
+
+
 def summary_text(current: RoundRatings, promoted: bool, reason: str,
                  version: str | None = None) -> str:
     """A short multi-line text for the Discord channel (at most MAX_SUMMARY_CHARS).
@@ -158,30 +174,26 @@ def summary_text(current: RoundRatings, promoted: bool, reason: str,
     `promoted`/`reason` come from the round's promotion decision; `version` is the model
     version that is active after the round.
     """
-    n_tracks = sum(current.tracks.values())
-    rated = f"{current.n_votes()} ratings" + (f" on {n_tracks} tracks" if n_tracks else "")
-    lines = [f"**Round {current.round}** - {rated}"]
-    for origin in [o for o in ORIGINS if o in current.ratings] + sorted(
-            set(current.ratings) - set(ORIGINS)):
-        values = current.ratings[origin]
-        m, lo, hi = mean_ci(values)
-        if math.isnan(m):
-            lines.append(f"{LABELS.get(origin, origin)}: no ratings")
-        elif len(values) < MIN_VOTES_TO_TELL:
-            lines.append(f"{LABELS.get(origin, origin)}: {m:.2f} stars (n={len(values)}, too "
-                         "few votes to tell)")
+    lines = [f"**Round {current.round}** - {current.n_votes()} ratings on "
+             f"{current.n_tracks()} tracks"]
+    for origin in current.origins():
+        means = current.track_means(origin)
+        m, lo, hi = mean_ci(means)
+        label, n = LABELS.get(origin, origin), _n_tracks(len(means))
+        if len(means) < MIN_TRACKS_TO_TELL:
+            lines.append(f"{label}: {m:.2f} stars ({n}, too few to tell)")
         else:
-            lines.append(f"{LABELS.get(origin, origin)}: {m:.2f} ± {(hi - lo) / 2:.2f} stars "
-                         f"(n={len(values)})")
-    new, base = current.ratings.get(GENERATED, []), current.ratings.get(BASELINE, [])
+            lines.append(f"{label}: {m:.2f} ± {(hi - lo) / 2:.2f} stars ({n})")
+    new, base = current.track_means(GENERATED), current.track_means(BASELINE)
     gain, p = compare(new, base)
     if math.isnan(gain):
         lines.append("Gain over baseline: not measured (no ratings on one side)")
-    elif min(len(new), len(base)) < MIN_VOTES_TO_TELL:
-        lines.append(f"Gain over baseline: too few votes to tell (n={len(new)} and "
-                     f"{len(base)}; {MIN_VOTES_TO_TELL} each are needed)")
+    elif min(len(new), len(base)) < MIN_TRACKS_TO_TELL:
+        lines.append(f"Gain over baseline: too few rated tracks to tell ({len(new)} and "
+                     f"{len(base)}; {MIN_TRACKS_TO_TELL} each are needed)")
     else:
-        lines.append(f"Gain over baseline: {gain:+.2f} stars ({_fmt_p(p)}, Mann-Whitney)")
+        lines.append(f"Gain over baseline: {gain:+.2f} stars ({_fmt_p(p)}, Mann-Whitney over "
+                     "tracks)")
     decision = "promoted" if promoted else "not promoted, keeping the current model"
     if version:
         decision += f" ({version} active)"

@@ -217,10 +217,10 @@ def round_ratings(feedback: list[TrackFeedback], round_starts: list[float]) -> l
     out = []
     for k, end in enumerate(bounds, start=1):
         begin = bounds[k - 2] if k > 1 else float("-inf")
-        ratings: dict[str, list[float]] = {}
+        ratings: dict[str, list[list[float]]] = {}
         for f in feedback:
             if begin <= f.track.created_at < end and f.votes:
-                ratings.setdefault(f.track.origin, []).extend(v.stars for v in f.votes)
+                ratings.setdefault(f.track.origin, []).append([v.stars for v in f.votes])
         if ratings:
             out.append(RoundRatings(round=k, ratings=ratings))
     return out

@@ -271,10 +271,12 @@ class Simulation:
         heard = [self.community.hear(a) for a in audios]
         stars = self.community.rate_tracks(heard, self.rng)
         present = self.rng.random(stars.shape) < self.cfg.participation
-        ratings: dict[str, list[float]] = {}
+        ratings: dict[str, list[list[float]]] = {}
         play = self.services.clock().timestamp()
         feedback = self.services.feedback
         for i, (track, h) in enumerate(zip(made, heard, strict=True)):
+            votes = ratings.setdefault(track.origin, [])
+            votes.append([])
             for j, member in enumerate(self.community.members):
                 if not present[i, j]:
                     continue
@@ -282,7 +284,7 @@ class Simulation:
                 secs = self.community.listen_seconds(member, h, track.duration_s, self.rng)
                 await feedback.record_listen(track.track_id, member.id, play + i, 0.0, secs,
                                              True)
-                ratings.setdefault(track.origin, []).append(float(stars[i, j]))
+                votes[-1].append(float(stars[i, j]))
         new_feats = [f for t, f in zip(made, feats, strict=True) if t.origin == GENERATED]
         new_heard = [h for t, h in zip(made, heard, strict=True) if t.origin == GENERATED]
         vecs = np.stack([f.vector() for f in new_feats])
@@ -290,17 +292,18 @@ class Simulation:
             self._sd = vecs.std(0) + 1e-6
         z = (vecs - vecs.mean(0)) / self._sd
         version = next(t.model_version for t in made if t.origin == GENERATED)
+        rated = RoundRatings(round=k, ratings=ratings)
         expected = [self.community.score(h) for h in new_heard]
         result = PassResult(
-            round=k, version=version, ratings=RoundRatings(round=k, ratings=ratings),
+            round=k, version=version, ratings=rated,
             expected_new=float(np.mean(expected)),
             expected_se=float(np.std(expected, ddof=1) / np.sqrt(len(expected))),
             taste=_taste(new_feats), diversity=diversity(z),
             factions=(self.community.faction_scores(new_heard)
                       if isinstance(self.community, EarCommunity) else {}),
             fd_outside=(None if self._outside is None else frechet_distance(vecs, self._outside)))
-        new_m, _, _ = mean_ci(ratings.get(GENERATED, []))
-        base_m, _, _ = mean_ci(ratings.get(BASELINE, []))
+        new_m, _, _ = mean_ci(rated.track_means(GENERATED))
+        base_m, _, _ = mean_ci(rated.track_means(BASELINE))
         self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars"
                  + ("" if result.fd_outside is None
                     else f"; distance to the voices {result.fd_outside:.1f}"))
@@ -336,7 +339,7 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
              f"round, final comparison {cfg.final_per_arm} tracks per arm; "
              f"{result.seconds / 60:.1f} min.", "",
              "| pass | model | new mean [95% CI] | baseline mean [95% CI] | gain vs prev | "
-             "gain vs baseline | p (Mann-Whitney) | expected | centroid Hz | onsets/s | "
+             "gain vs baseline | p (Mann-Whitney, tracks) | expected | centroid Hz | onsets/s | "
              "register | flatness | loudness dB | diversity | next round |",
              "|" + "---|" * 15]
     prev = None
@@ -362,12 +365,13 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
             f"{r['diversity']:.2f} | {promoted} |")
         prev = r["new_mean"]
     last = result.passes[-1]
-    gain, p = compare(last.ratings.ratings.get(GENERATED, []),
-                      last.ratings.ratings.get(BASELINE, []))
+    gain, p = compare(last.ratings.track_means(GENERATED),
+                      last.ratings.track_means(BASELINE))
     wrong = result.wrong_promotions()
     rollbacks = [f"round {q.round + 1}: {q.rolled_back}" for q in result.passes if q.rolled_back]
-    lines += ["", f"Final: new model {gain:+.2f} stars over baseline, Mann-Whitney p = {p:.3g}; "
-              f"diversity {last.diversity / result.passes[0].diversity:.0%} of the base's.",
+    kept = last.diversity / result.passes[0].diversity
+    lines += ["", f"Final: new model {gain:+.2f} stars over baseline, Mann-Whitney p = {p:.3g} "
+              f"over tracks; diversity {kept:.0%} of the base's.",
               "", "Promotions followed by a drop in expected stars (beyond two standard "
               f"errors): {', '.join(f'round {k}' for k in wrong) if wrong else 'none'}.",
               *([f"Automatic rollbacks: {'; '.join(rollbacks)}."] if rollbacks else [])]
