@@ -175,7 +175,7 @@ def summary_text(current: RoundRatings, promoted: bool, reason: str,
     version that is active after the round.
     """
     lines = [f"**Round {current.round}** - {current.n_votes()} ratings on "
-             f"{current.n_tracks()} tracks"]
+             f"{_n_tracks(current.n_tracks())}"]
     for origin in current.origins():
         means = current.track_means(origin)
         m, lo, hi = mean_ci(means)
