@@ -25,6 +25,7 @@ from model.codec import MelCodec, MelConfig
 from model.contracts import POOL_SEED  # corpus seed of the pool
 from model.features import extract
 from model.files import atomic_path
+from model.lora import full_model_dir
 from model.reward_model import Heard, Listener, listener_codec, reward_vector
 from model.train import corpus_images
 
@@ -46,7 +47,7 @@ class CorpusPool:
 def pool_corpus(model_dir: Path) -> str:
     """The corpus a model rehearses: the tagged starter corpus for a tag-conditioned
     (built-in) model, the synthesiser's for the older untagged base and imported models."""
-    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    index = json.loads((full_model_dir(model_dir) / "model_index.json").read_text())
     return "scores" if index.get("tags") else "synth"
 
 

@@ -56,6 +56,14 @@ def is_adapter(folder: Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
+def full_model_dir(folder: Path) -> Path:
+    """The folder holding the full model a version runs on: an adapter's base (a sibling
+    version), else the folder itself. What reads a model's own files (its index, its mel
+    settings) reads them here."""
+    folder = Path(folder)
+    return folder.parent / AdapterConfig.load(folder).base if is_adapter(folder) else folder
+
+
 class _Lora(nn.Module):
     """A frozen base layer plus scale x B(A(x)); B starts at zero (no change)."""
 

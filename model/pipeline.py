@@ -44,7 +44,7 @@ from diffusers import (
 
 from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
-from model.lora import AdapterConfig, is_adapter, merge_into
+from model.lora import full_model_dir, is_adapter, merge_into
 from model.registry import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,7 @@ class CrowdtunePipeline(DiffusionPipeline):
         if not folder.is_dir():
             folder = _download(str(pretrained_model_name_or_path))
         if is_adapter(folder):
-            base = folder.parent / AdapterConfig.load(folder).base
+            base = full_model_dir(folder)
             if is_adapter(base) or not base.is_dir():
                 raise CheckpointError(f"{folder}: its base {base.name} is missing or not a "
                                       "full model")

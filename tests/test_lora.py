@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 from bot.core.audio import encode
+from bot.core.worker import GenerationJob, run_job
 from model.contracts import FinetuneSpec, ItemKind, TrainItem
+from model.corpus_pool import pool_corpus
 from model.finetune import finetune
 from model.lora import (
     ADAPTER_WEIGHTS,
@@ -82,6 +84,12 @@ def test_a_lineage_of_adapters_over_one_full_version(tmp_path):
     base = CrowdtunePipeline.from_pretrained(parent)
     x, t, lab = _inputs(base)
     assert not torch.allclose(_out(loaded.unet, x, t, lab), _out(base.unet, x, t, lab))
+    # The bot generates from it and rehearses its base's corpus (an adapter folder has no
+    # model_index.json of its own: a promoted adapter once stopped generation).
+    made = run_job(GenerationJob(model_dir=str(folder), seeds=(1,), seconds=0.5, steps=2,
+                                 tags=("mode=minor",)))
+    assert len(made.audios) == 1 and made.tags == [{"mode": "minor"}]
+    assert pool_corpus(folder) == pool_corpus(parent)
     # The next round trains the same adapter on: still one adapter over v0001.
     finetune(_spec(tmp_path, folder, tmp_path / "cand2"), report=lambda _e: None)
     assert AdapterConfig.load(tmp_path / "cand2").base == "v0001"

@@ -56,10 +56,12 @@ def init_worker(threads: int) -> None:
 
 
 def _load(model_dir: str):
+    from model.lora import full_model_dir
     from model.pipeline import CrowdtunePipeline
 
-    # Version folders never change; the mtime guards a base that was re-pretrained.
-    key = (model_dir, (Path(model_dir) / "model_index.json").stat().st_mtime)
+    # Version folders never change; the mtime guards a base that was re-pretrained (an
+    # adapter version has no index of its own: its base's).
+    key = (model_dir, (full_model_dir(Path(model_dir)) / "model_index.json").stat().st_mtime)
     if key not in _pipelines:
         _pipelines.clear()
         # On the GPU when there is one: the seeds' noise is still drawn on the CPU (the
