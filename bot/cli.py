@@ -205,7 +205,7 @@ def build_parser() -> Parser:
     sim.add_argument("--quick", action="store_true",
                      help="3 rounds, 24 tracks a round, 24 per arm at the end, 10 sampler "
                      "steps (under 10 min on 2 cores; the default is 5 rounds, 96 tracks, 160 "
-                     "per arm, ~90 min)")
+                     "per arm, ~30-40 min)")
     sim.add_argument("--ablation", action="store_true",
                      help="run and tabulate the variants: feedback sources (no fine-tuning, "
                      "ratings, listening, uploads), the paper's plain reward-weighted method, "
