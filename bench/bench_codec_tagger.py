@@ -39,7 +39,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     t = time.perf_counter()
-    audio, infos = score_corpus(a.clips, a.seed, 5.0, 16000, a.cache_dir)
+    today = CODECS["128 mels to 8 kHz, FFT 1024 (today)"]  # all three share its window and rate
+    audio, infos = score_corpus(a.clips, a.seed, today.window_seconds, today.sample_rate,
+                                a.cache_dir)
     print(f"{a.clips} corpus clips rendered in {time.perf_counter() - t:.0f} s")
     tags = [i.tags for i in infos]
     groups = [i.source for i in infos]
