@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.codec import MelCodec, MelConfig, _hz_to_mel, _mel_to_hz
+from model.codec import MelCodec, MelConfig, mel_band_edges
 from model.features import key_mode
 from model.pipeline import GUIDANCE, CrowdtunePipeline
 from model.scores import ClipInfo, _load_one, score_corpus
@@ -62,10 +62,7 @@ def excerpt_mode(info: ClipInfo) -> str | None:
 
 def pitch_resampler(cfg: MelConfig) -> torch.Tensor:
     """(pitch rows, mel bins): linear interpolation between the mel bins' centre frequencies."""
-    top = float(_hz_to_mel(torch.tensor(cfg.f_max or cfg.sample_rate / 2, dtype=torch.float64)))
-    low = float(_hz_to_mel(torch.tensor(cfg.f_min, dtype=torch.float64)))
-    centres = _mel_to_hz(torch.linspace(low, top, cfg.y_res + 2, dtype=torch.float64))[1:-1]
-    centres = centres.numpy()
+    centres = mel_band_edges(cfg)[1:-1].numpy()
     p0, p1 = (69 + 12 * math.log2(f / 440) for f in (F_MIN, F_MAX))
     freqs = 440 * 2 ** ((np.arange(p0, p1, 1 / ROWS_PER_SEMITONE) - 69) / 12)
     rows = np.zeros((len(freqs), cfg.y_res), dtype=np.float32)

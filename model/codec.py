@@ -81,10 +81,9 @@ def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
     return torch.where(m >= min_log_mel, log_part, m * f_sp)
 
 
-def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
-    """(n_mels, n_fft//2+1) triangular filters with Slaney area normalisation."""
-    n_freqs = cfg.n_fft // 2 + 1
-    fft_freqs = torch.linspace(0, cfg.sample_rate / 2, n_freqs, dtype=torch.float64)
+def mel_band_edges(cfg: MelConfig) -> torch.Tensor:
+    """(y_res + 2,) frequencies in Hz, float64: filter i rises from point i, peaks at point
+    i + 1 (its centre) and falls to point i + 2."""
     f_max = cfg.f_max or cfg.sample_rate / 2
     mel_pts = torch.linspace(
         float(_hz_to_mel(torch.tensor(cfg.f_min, dtype=torch.float64))),
@@ -92,7 +91,14 @@ def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
         cfg.y_res + 2,
         dtype=torch.float64,
     )
-    hz_pts = _mel_to_hz(mel_pts)
+    return _mel_to_hz(mel_pts)
+
+
+def mel_filterbank(cfg: MelConfig) -> torch.Tensor:
+    """(n_mels, n_fft//2+1) triangular filters with Slaney area normalisation."""
+    n_freqs = cfg.n_fft // 2 + 1
+    fft_freqs = torch.linspace(0, cfg.sample_rate / 2, n_freqs, dtype=torch.float64)
+    hz_pts = mel_band_edges(cfg)
     fdiff = torch.diff(hz_pts)
     ramps = hz_pts[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
