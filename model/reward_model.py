@@ -8,7 +8,7 @@ What it reads of each 5-s window (`Listener`), in blocks:
   read the same way from every source (tracks, uploads, corpus clips; measured: mixing
   asked one-hot tags on tracks and corpus clips with heard probabilities on uploads made
   the model extrapolate between the two and rank the corpus backwards);
-- **spectral**: the spectral statistics (model/features.py, chroma left out): 20 numbers
+- **spectral**: the spectral statistics (model/features.py, chroma left out): 23 numbers
   beside the embedding's 128, scaled after standardising by a weight that grouped k-fold
   picks from `SPECTRAL_WEIGHTS` with the penalty. Why chosen: with a fixed 0.5, the penalty
   the 128-d embedding needs (300-1000) crushed the spectral block, and "both" read worse
