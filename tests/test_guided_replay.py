@@ -74,6 +74,7 @@ def test_inputs_choose_the_blocks():
     with pytest.raises(ValueError, match="unknown reward inputs"):
         RewardModel.fit(heard, in_embedding, inputs="loudness")
 
+
 def test_both_finds_a_signal_in_the_spectral_block_beside_a_wide_noisy_embedding():
     # As in a guild's first rounds: 128 embedding columns of noise, the taste in two spectral
     # columns. A fixed small spectral weight under the embedding's strong penalty lost it.
@@ -85,7 +86,6 @@ def test_both_finds_a_signal_in_the_spectral_block_beside_a_wide_noisy_embedding
     both = RewardModel.fit(heard, y, inputs="both")
     assert both.corr > alone - 0.05 and both.corr > 0.6
     assert np.corrcoef(both.predict(heard), y)[0, 1] > 0.7
-
 
 
 def test_held_out_folds_keep_a_tracks_windows_together():
