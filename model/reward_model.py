@@ -172,19 +172,16 @@ class RewardModel:
         y = np.asarray(y, dtype=np.float64)
         mu, sd0 = x.mean(0), x.std(0) + 1e-6
         spectral = np.arange(x.shape[1]) >= x.shape[1] - heard.spectral.shape[1]  # trailing
-
-        def scaled(weight: float) -> np.ndarray:
-            return sd0 / np.where(spectral, weight, 1.0) if inputs == "both" else sd0
-
-        g = np.arange(len(y)) if groups is None else np.asarray(groups)
         weights = SPECTRAL_WEIGHTS if inputs == "both" else (1.0,)
+        sds = {wt: sd0 / np.where(spectral, wt, 1.0) for wt in weights}
+        g = np.arange(len(y)) if groups is None else np.asarray(groups)
         corr, alpha, weight = 0.0, float(alphas[len(alphas) // 2]), weights[0]
         if len(np.unique(g)) >= 2 * folds and np.std(y) > 0:
             fold = _folds(g, folds)
-            scored = [(_held_out_corr((x - mu) / scaled(wt), y, a, fold, folds), a, wt)
+            scored = [(_held_out_corr((x - mu) / sds[wt], y, a, fold, folds), a, wt)
                       for wt in weights for a in alphas]
             corr, alpha, weight = max(scored)
-        sd = scaled(weight)
+        sd = sds[weight]
         z = (x - mu) / sd
         w, inv = _ridge(z, y, alpha)
         resid = y - np.hstack([z, np.ones((len(z), 1))]) @ w
