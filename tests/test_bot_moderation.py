@@ -170,7 +170,7 @@ async def test_every_moderator_command(fake_discord: FakeDiscord, tmp_path,
         # What the server likes: the tag policy learnt from that rated track's tags.
         taste = stats.splitlines()[6:]
         assert taste[0] == ("What this server likes (from 1 rated tracks; share of new "
-                            "tracks):")
+                            "tracks, 20% of each field picked at random to keep exploring):")
         assert [line.split(":")[0] for line in taste[1:6]] == [
             "instrument", "mode", "tempo", "drums", "style"]
 

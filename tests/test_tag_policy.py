@@ -28,7 +28,7 @@ def liked_piano(n: int, seed: int = 0) -> list[tuple[dict[str, str], float]]:
 
 
 def test_a_liked_value_is_served_more_and_no_value_dies_out():
-    policy = TagPolicy.fit(liked_piano(200), PolicyConfig(explore=0.2))
+    policy = TagPolicy.fit(liked_piano(200), PolicyConfig(explore=0.2, explore_tracks=200))
     prefs = policy.preferences(draws=4000)
     instruments = prefs["instrument"]
     assert max(instruments, key=instruments.get) == "piano" and instruments["piano"] > 0.7
@@ -37,6 +37,19 @@ def test_a_liked_value_is_served_more_and_no_value_dies_out():
     # Fields the reward does not depend on stay spread out.
     assert max(prefs["mode"].values()) < 0.8
     assert policy.rated == 200
+
+
+def test_the_exploration_floor_shrinks_as_evidence_grows_but_never_closes():
+    cfg = PolicyConfig(explore=0.2, explore_min=0.05, explore_tracks=100)
+    floors = [TagPolicy.fit(liked_piano(n), cfg).explore for n in (50, 100, 200, 400, 1600)]
+    assert floors == pytest.approx([0.2, 0.2, 0.1, 0.05, 0.05])
+    early, late = (TagPolicy.fit(liked_piano(n), cfg).preferences(draws=8000)["instrument"]
+                   for n in (100, 1600))
+    assert late["piano"] > early["piano"] + 0.05  # less spent on what the server ruled out
+    assert min(late.values()) >= 0.6 * 0.05 / len(tagvocab.VOCAB["instrument"])
+    # An operator's floor below the minimum is kept, not raised.
+    low = PolicyConfig(explore=0.02, explore_min=0.05, explore_tracks=100)
+    assert TagPolicy.fit(liked_piano(1600), low).explore == pytest.approx(0.02)
 
 
 def test_without_ratings_every_value_is_as_likely():

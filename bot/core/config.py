@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # dies out; off: uniform tags.
     tag_policy: bool = True
     tag_explore: float = Field(default=0.2, ge=0, le=1)
+    # The floor shrinks once the taste rests on `tag_explore_tracks` rated tracks, as
+    # 1 / rated, down to `tag_explore_min`: ruled-out values cost a server less over time.
+    tag_explore_min: float = Field(default=0.05, ge=0, le=1)
+    tag_explore_tracks: int = Field(default=100, ge=1)
     # Diffusion-DPO on preference pairs; off by default: at weight 0.5 (beta 2000) one round
     # from the shipped base cost -0.41 stars against -0.19 without (same data, measured).
     dpo_weight: float = Field(default=0.0, ge=0)
