@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rated_round import clips, rated_files
 
-from bot.core.rewards import DEFAULT_SETTINGS, Vote, track_rewards
 from bot.experiment.ear import EarCommunity, load_ear
-from model.contracts import FinetuneSpec, RatedFile
-from model.files import write_wav
+from model.contracts import FinetuneSpec
 from model.finetune import finetune
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
@@ -37,15 +36,9 @@ from model.tags import uniform
 from model.train import install_shipped_base
 
 
-def clips(pipe: CrowdtunePipeline, n: int, seed: int) -> list[np.ndarray]:
+def uniform_clips(pipe: CrowdtunePipeline, n: int, seed: int) -> list[np.ndarray]:
     rng = random.Random(seed)
-    tags = [uniform(rng) for _ in range(n)]
-    out: list[np.ndarray] = []
-    for start in range(0, n, 8):
-        k = min(8, n - start)
-        out += pipe(batch_size=k, tags=tags[start:start + k],
-                    generator=torch.Generator().manual_seed(seed + start)).audios
-    return out
+    return clips(pipe, [uniform(rng) for _ in range(n)], seed)
 
 
 def main() -> None:
@@ -67,15 +60,9 @@ def main() -> None:
         parent = CrowdtunePipeline.from_pretrained(parent_dir)
         sr = parent.mel.config.sample_rate
         community = EarCommunity(load_ear(Path(a.cache_dir)), seed=0)
-        audio = clips(parent, a.rated, 70_000)
-        stars = community.rate_tracks([community.hear(x) for x in audio],
-                                      np.random.default_rng(0))
-        votes = [Vote(i, m.id, int(stars[i, j])) for i in range(a.rated)
-                 for j, m in enumerate(community.members)]
-        rewards = track_rewards(votes, [], DEFAULT_SETTINGS)
-        rated = [RatedFile(str(write_wav(scratch / f"r{i}.wav", x, sr)), rewards[i].reward)
-                 for i, x in enumerate(audio)]
-        before = [community.score(community.hear(x)) for x in clips(parent, a.clips, 5_000)]
+        rated = rated_files(community, uniform_clips(parent, a.rated, 70_000), sr, scratch)
+        before = [community.score(community.hear(x))
+                  for x in uniform_clips(parent, a.clips, 5_000)]
         print(f"parent: {np.mean(before):.3f} expected stars on {a.clips} clips")
         print("| method | disk MB | train s | load s | gen s (5 s, tags) | gain [se] |")
         print("|---|---|---|---|---|---|")
@@ -97,7 +84,8 @@ def main() -> None:
             t = time.perf_counter()
             cand(batch_size=1, tags={"instrument": "piano"})
             gen_s = time.perf_counter() - t
-            after = [community.score(community.hear(x)) for x in clips(cand, a.clips, 5_000)]
+            after = [community.score(community.hear(x))
+                     for x in uniform_clips(cand, a.clips, 5_000)]
             diff = np.array(after) - np.array(before)
             name = f"LoRA rank {rank}" if rank else "full fine-tuning"
             print(f"| {name} | {disk:.1f} | {train_s:.0f} | {load_s:.2f} | {gen_s:.2f} | "

@@ -38,27 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rated_round import clips, rated_files
 
 import model.finetune as ft
-from bot.core.rewards import DEFAULT_SETTINGS, Vote, track_rewards
 from bot.experiment.ear import VALUES, EarCommunity, load_ear
-from model.contracts import POOL_SEED, FinetuneSpec, RatedFile
+from model.contracts import POOL_SEED, FinetuneSpec
 from model.corpus_pool import load_pool
-from model.files import write_wav
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
 from model.tags import VOCAB, Tags, uniform
 from model.train import install_shipped_base
 
 FAVOURITE_SHARE = 0.8
-
-
-def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    for start in range(0, len(tags), 8):
-        out += pipe(batch_size=len(tags[start:start + 8]), tags=tags[start:start + 8],
-                    generator=torch.Generator().manual_seed(seed + start)).audios
-    return out
 
 
 def policy_tags(rng: random.Random, favourite: Tags) -> Tags:
@@ -96,14 +87,8 @@ def main() -> None:
                                   + (1 - FAVOURITE_SHARE) / len(vs) for f, vs in VOCAB.items()]))
 
         rng = random.Random(70_000)
-        audio = clips(parent, [uniform(rng) for _ in range(a.rated)], 70_000)
-        stars = community.rate_tracks([community.hear(x) for x in audio],
-                                      np.random.default_rng(0))
-        votes = [Vote(i, m.id, int(stars[i, j])) for i in range(a.rated)
-                 for j, m in enumerate(community.members)]
-        rewards = track_rewards(votes, [], DEFAULT_SETTINGS)
-        rated = [RatedFile(str(write_wav(scratch / f"r{i}.wav", x, sr)), rewards[i].reward)
-                 for i, x in enumerate(audio)]
+        rated = rated_files(community, clips(parent, [uniform(rng) for _ in range(a.rated)],
+                                             70_000), sr, scratch)
         rng = random.Random(5_000)
         eval_tags = [uniform(rng) if a.uniform else policy_tags(rng, favourite)
                      for _ in range(a.clips)]
@@ -120,6 +105,10 @@ def main() -> None:
         print("| guide | steps | train s | picked clips' stars | gain [se] |")
         print("|---|---|---|---|---|")
         round_guide = ft.replay_probs
+        listener = ft.load_listener(None)
+        model = ft.fit_reward_model(rated, listener, FinetuneSpec.reward_inputs)
+        trusted = model if model is not None and model.corr >= FinetuneSpec.guide_min_corr \
+            else None
 
         def guide(name: str):
             def probs(pool_, model, spec, listener) -> torch.Tensor:
@@ -142,9 +131,7 @@ def main() -> None:
             t = time.perf_counter()
             ft.finetune(spec, report=lambda _e: None)
             train_s = time.perf_counter() - t
-            model = ft.fit_reward_model(rated, ft.load_listener(None), spec.reward_inputs)
-            trusted = model if model is not None and model.corr >= spec.guide_min_corr else None
-            drawn = ft.replay_probs(pool, trusted, spec, ft.load_listener(None)).numpy()
+            drawn = ft.replay_probs(pool, trusted, spec, listener).numpy()
             info = registry.add_version("g", out, "v0001", "finetune")
             cand = CrowdtunePipeline.from_pretrained(registry.version_dir("g", info.version))
             after = np.array([community.score(community.hear(x))
