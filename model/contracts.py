@@ -145,6 +145,7 @@ class EvalSpec(JsonFile):
     liked: list[str] = field(default_factory=list)  # paths
     # The tags clip i of both models is made with (the guild's policy); None: uniform.
     tags: list[dict[str, str]] | None = None
+    guidance: list[float] | None = None  # clip i's guidance scale, beside `tags`; None: default
     reward_inputs: str = "both"
     tagger_dir: str | None = None
     clips: int = 24

@@ -34,17 +34,18 @@ from model.features import diversity, extract
 from model.finetune import fit_reward_model, load_audio, load_listener, print_event
 from model.pipeline import CrowdtunePipeline
 from model.reward_model import Heard, RewardModel
-from model.tags import Tags, uniform
+from model.tags import GUIDANCE, Tags, uniform
 
 
-def _generate(model_dir: str, spec: EvalSpec, tags: list[Tags]) -> tuple[list[np.ndarray], int]:
+def _generate(model_dir: str, spec: EvalSpec, tags: list[Tags], guidance: list[float]
+              ) -> tuple[list[np.ndarray], int]:
     pipe = CrowdtunePipeline.from_pretrained(model_dir).for_generation()
     out = []
     for start in range(0, spec.clips, 8):
         n = min(8, spec.clips - start)
         res = pipe(batch_size=n, num_inference_steps=spec.steps,
                    generator=torch.Generator().manual_seed(spec.seed + start),
-                   tags=tags[start:start + n])
+                   tags=tags[start:start + n], guidance=guidance[start:start + n])
         out += res.audios
     return out, pipe.mel.config.sample_rate
 
@@ -54,19 +55,22 @@ def _features(audios: list[np.ndarray], sr: int) -> tuple[np.ndarray, list]:
     return np.stack([f.vector() for f in feats]), feats
 
 
-def clip_tags(spec: EvalSpec) -> list[Tags]:
-    """The tags of clip i for both models: the spec's (the guild's policy), else uniform."""
+def clip_tags(spec: EvalSpec) -> tuple[list[Tags], list[float]]:
+    """The tags of clip i for both models and their guidance: the spec's (the guild's
+    policy), else uniform tags at the default guidance."""
     if spec.tags:
-        return [dict(spec.tags[i % len(spec.tags)]) for i in range(spec.clips)]
+        guidance = spec.guidance or [GUIDANCE]
+        return ([dict(spec.tags[i % len(spec.tags)]) for i in range(spec.clips)],
+                [guidance[i % len(guidance)] for i in range(spec.clips)])
     rng = random.Random(spec.seed)
-    return [uniform(rng) for _ in range(spec.clips)]
+    return [uniform(rng) for _ in range(spec.clips)], [GUIDANCE] * spec.clips
 
 
 def evaluate(spec: EvalSpec) -> Verdict:
     torch.set_num_threads(spec.threads)
-    tags = clip_tags(spec)
-    champion, sr = _generate(spec.champion_dir, spec, tags)
-    candidate, _ = _generate(spec.candidate_dir, spec, tags)
+    tags, guidance = clip_tags(spec)
+    champion, sr = _generate(spec.champion_dir, spec, tags, guidance)
+    candidate, _ = _generate(spec.candidate_dir, spec, tags, guidance)
     xc, fc = _features(champion, sr)
     xn, fn = _features(candidate, sr)
     mu, sd = xc.mean(0), xc.std(0) + 1e-6  # the champion's spread is the ruler

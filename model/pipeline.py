@@ -46,6 +46,7 @@ from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
 from model.lora import full_model_dir, is_adapter, merge_into
 from model.registry import CheckpointError
+from model.tags import GUIDANCE
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ WINDOWS_PER_ANCHOR = 3
 # superimposed), hence a small mix.
 SEED_STRENGTH = 0.7
 SEED_MIX = (0.0, 0.3)
-GUIDANCE = 3.0  # classifier-free guidance scale for asked tags
 # DPM-Solver++ steps a track takes by default (the bot's CROWDTUNE_SAMPLER_STEPS). Measured
 # on the shipped base, 2 cores, against 20: a guided 5-s clip 0.47 s instead of ~0.9 s;
 # feature Frechet distance to held-out corpus clips 26.6 against 23.9 (two halves of the
@@ -189,15 +189,18 @@ class CrowdtunePipeline(DiffusionPipeline):
         return row.expand(n, -1).to(self.device)
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
-                 guidance: float) -> torch.Tensor:
-        """The UNet's output; with tag labels, classifier-free guided toward them."""
+                 guidance: float | torch.Tensor) -> torch.Tensor:
+        """The UNet's output; with tag labels, classifier-free guided toward them (one
+        scale, or one per latent)."""
         if labels is None:
             return self.unet(x, t).sample
         null = self.tag_labels(None, len(x))
-        if guidance == 1.0 or bool((labels == null).all()):
+        if bool((torch.as_tensor(guidance) == 1.0).all()) or bool((labels == null).all()):
             return self.unet(x, t, class_labels=labels).sample
         both = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([null, labels])).sample
         uncond, cond = both.chunk(2)
+        if isinstance(guidance, torch.Tensor):
+            guidance = guidance.to(cond.device, cond.dtype).view(-1, *[1] * (cond.dim() - 1))
         return uncond + guidance * (cond - uncond)
 
     # --- latent <-> mel image -------------------------------------------------------------
@@ -249,23 +252,26 @@ class CrowdtunePipeline(DiffusionPipeline):
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, steps: int, deterministic: bool = False,
                 batch: int = 16, strength: float = 1.0, labels: torch.Tensor | None = None,
-                guidance: float = GUIDANCE, guidance_share: float = GUIDANCE_SHARE
-                ) -> torch.Tensor:
+                guidance: float | torch.Tensor = GUIDANCE,
+                guidance_share: float = GUIDANCE_SHARE) -> torch.Tensor:
         """Run the sampler to clean latents from noise latents at t=T, or (strength < 1)
         from latents partway, after the first (1 - strength) of the steps. `labels`: one tag
-        label row per latent (see `tag_labels`; none: unconditional)."""
+        label row per latent (see `tag_labels`; none: unconditional); `guidance`: one scale,
+        or one per latent."""
         if labels is None:
             labels = self.tag_labels(None, len(latents))
         outs = []
         for i, chunk in enumerate(latents.split(batch)):
             lab = None if labels is None else labels[i * batch:i * batch + len(chunk)]
+            scale = (guidance[i * batch:i * batch + len(chunk)]
+                     if isinstance(guidance, torch.Tensor) else guidance)
             sampler = self._sampler(deterministic, steps)
             x = chunk * sampler.init_noise_sigma if strength >= 1.0 else chunk
             first, guided = steps - _strength_steps(steps, strength), round(guidance_share * steps)
             for k in range(first, steps):
                 t = sampler.timesteps[k]
                 eps = self._predict(sampler.scale_model_input(x, t), t, lab,
-                                    guidance if k < guided else 1.0)
+                                    scale if k < guided else 1.0)
                 x = sampler.step(eps, t, x).prev_sample
             outs.append(x)
         return torch.cat(outs)
@@ -315,7 +321,7 @@ class CrowdtunePipeline(DiffusionPipeline):
         seed_latents: torch.Tensor | None = None,
         seed_strength: float = SEED_STRENGTH,
         tags: Mapping[str, str] | Sequence[Mapping[str, str] | None] | None = None,
-        guidance: float = GUIDANCE,
+        guidance: float | Sequence[float] = GUIDANCE,
         guidance_share: float = GUIDANCE_SHARE,
     ) -> TrackAudio:
         """Generate `batch_size` tracks of `seconds` (default: one window).
@@ -325,12 +331,16 @@ class CrowdtunePipeline(DiffusionPipeline):
         windows from a random start, each slerped a little toward another random seed
         window, and sampling is deterministic DDIM from that strength, so it round-trips.
         `tags` (one set for every track, or one per track; fields left out mean "any") steer
-        a tag-conditioned model with classifier-free guidance of scale `guidance`; a model
-        without tags ignores them.
+        a tag-conditioned model with classifier-free guidance of scale `guidance` (one for
+        every track, or one per track); a model without tags ignores them.
         """
         per_track = [tags] * batch_size if tags is None or isinstance(tags, Mapping) else tags
         if len(per_track) != batch_size:
             raise ValueError(f"{len(per_track)} tag sets for {batch_size} tracks")
+        scales = [float(guidance)] * batch_size if isinstance(guidance, int | float) \
+            else [float(g) for g in guidance]
+        if len(scales) != batch_size:
+            raise ValueError(f"{len(scales)} guidance scales for {batch_size} tracks")
         n_win = self.n_windows(seconds)
         n_anchor = (n_win - 1) // WINDOWS_PER_ANCHOR + 2
         shape = self.latent_shape()
@@ -356,7 +366,8 @@ class CrowdtunePipeline(DiffusionPipeline):
             labels = torch.cat([self.tag_labels(t, n_win) for t in per_track])
         clean = self.denoise(latents, num_inference_steps, deterministic=seeded,
                              strength=seed_strength if seeded else 1.0, labels=labels,
-                             guidance=guidance, guidance_share=guidance_share)
+                             guidance=torch.tensor(scales).repeat_interleave(n_win),
+                             guidance_share=guidance_share)
         images = self.latents_to_images(clean).float().cpu()
         waves = self.mel.decode(images).numpy()
         sr = self.mel.config.sample_rate

@@ -226,3 +226,20 @@ def test_guidance_covers_only_its_share_of_the_steps():
     batches.clear()
     pipe(batch_size=2, num_inference_steps=4, guidance_share=0.5)  # nothing asked: one pass
     assert batches == [2, 2, 2, 2]
+
+
+def test_each_track_can_follow_its_tags_as_closely_as_asked():
+    pipe = tiny_pipeline()
+    tags = [{"mode": "minor"}, {"mode": "major"}]
+
+    def mels(guidance) -> list[np.ndarray]:
+        return pipe(batch_size=2, num_inference_steps=3, seconds=12.0, tags=tags,
+                    generator=torch.Generator().manual_seed(4), guidance=guidance).mels
+
+    loose, strict, mixed = mels(2.0), mels(8.0), mels([2.0, 8.0])
+    assert not np.allclose(loose[1], strict[1])
+    # Track 0 (and every one of its windows) as at 2, track 1 as at 8.
+    np.testing.assert_allclose(mixed[0], loose[0], atol=1e-5)
+    np.testing.assert_allclose(mixed[1], strict[1], atol=1e-5)
+    with pytest.raises(ValueError, match="1 guidance scales for 2 tracks"):
+        mels([3.0])

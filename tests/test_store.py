@@ -31,10 +31,10 @@ def tables(path: Path) -> set[str]:
 async def test_migrates_an_empty_database_and_reopens_idempotently(tmp_path):
     path = tmp_path / "db.sqlite3"
     async with await Store.open(path) as s:
-        assert await s.schema_version() == len(MIGRATIONS) == 4
+        assert await s.schema_version() == len(MIGRATIONS) == 5
     assert {"votes", "listens", "uploads", "rounds", "tracks", "forgotten"} <= tables(path)
     async with await Store.open(path) as s:  # nothing left to run
-        assert await s.schema_version() == 4
+        assert await s.schema_version() == 5
 
 
 async def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
@@ -64,10 +64,12 @@ async def test_tracks_keep_the_tags_they_were_made_with(tmp_path):
                    "created_at) VALUES ('g', 'v0001', 'generated', 20, 7, 1)")
     async with await Store.open(path) as s:
         asked = {"instrument": "piano", "mode": "minor"}
-        tagged = await s.add_track("g", "v0001", "generated", 20.0, seed=8, tags=asked)
-        bare = await s.add_track("g", "v0001", "baseline", 20.0, seed=9, tags={})
-        assert [(t.id, t.tags) for t in await s.tracks("g")] == [
-            (bare, None), (tagged, asked), (1, None)]  # {}: made unconditioned, stored NULL
+        tagged = await s.add_track("g", "v0001", "generated", 20.0, seed=8, tags=asked,
+                                   guidance=4.5)
+        bare = await s.add_track("g", "v0001", "baseline", 20.0, seed=9, tags={}, guidance=3.0)
+        # {}: made unconditioned, stored NULL, and so is the guidance it did not follow.
+        assert [(t.id, t.tags, t.guidance) for t in await s.tracks("g")] == [
+            (bare, None, None), (tagged, asked, 4.5), (1, None, None)]
         [feedback] = [f for f in await s.track_feedback("g") if f.track.id == tagged]
         assert feedback.track.tags == asked
     with sqlite3.connect(path) as db:  # a JSON object in the column

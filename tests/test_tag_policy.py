@@ -73,21 +73,36 @@ async def test_the_track_service_learns_the_guilds_taste_but_not_for_the_baselin
         await store.record_model_version(ModelVersionRow("g", "v0001", None, "x", "base", 0.0))
         feedback = FeedbackService(store)
         rng = random.Random(1)
-        for i in range(60):  # members love minor-key tracks and dislike major ones
+        for i in range(90):  # members love minor-key tracks that follow their tags closely
             tags = tagvocab.uniform(rng)
-            t = await store.add_track("g", "v0001", "generated", 20.0, seed=i, tags=tags)
+            guidance = tagvocab.GUIDANCE_LEVELS[i % 3]
+            t = await store.add_track("g", "v0001", "generated", 20.0, seed=i, tags=tags,
+                                      guidance=guidance)
+            stars = 2 + 2 * (tags["mode"] == "minor") + (guidance == max(tagvocab.GUIDANCE_LEVELS))
             for m in range(3):
-                await feedback.record_vote(t, f"m{m}", 5 if tags["mode"] == "minor" else 2)
+                await feedback.record_vote(t, f"m{m}", stars)
         tracks = TrackService(settings, store, ModelRegistry(settings.models_dir), None)  # type: ignore[arg-type]
+
+        def share(served, mode: str, guidance: float) -> tuple[float, float]:
+            return (sum(t["mode"] == mode for t, _ in served) / len(served),
+                    sum(g == guidance for _, g in served) / len(served))
+
         drawn = await tracks.default_tags("g", Origin.GENERATED, range(400))
-        minor = sum(t["mode"] == "minor" for t in drawn) / len(drawn)
-        assert minor > 0.8
+        minor, strict = share(drawn, "minor", max(tagvocab.GUIDANCE_LEVELS))
+        assert minor > 0.8 and strict > 0.7
+        # The baseline arm and a guild with the policy off: uniform tags, default guidance.
         baseline = await tracks.default_tags("g", Origin.BASELINE, range(400))
-        assert 0.4 < sum(t["mode"] == "minor" for t in baseline) / 400 < 0.6
+        minor, default = share(baseline, "minor", tagvocab.GUIDANCE)
+        assert 0.4 < minor < 0.6 and default == 1.0
         tracks.settings = Settings(_env_file=None, data_dir=tmp_path,  # type: ignore[call-arg]
                                    tag_policy=False)
         off = await tracks.default_tags("g", Origin.GENERATED, range(400))
-        assert 0.4 < sum(t["mode"] == "minor" for t in off) / 400 < 0.6
+        minor, default = share(off, "minor", tagvocab.GUIDANCE)
+        assert 0.4 < minor < 0.6 and default == 1.0
+        # What /stats says the server likes names the guidance too.
+        tracks.settings = settings
+        lines = "\n".join(taste_lines(await tracks.tag_policy("g")))
+        assert "how closely tracks follow their tags (guidance): 6 " in lines
 
 
 def camp_votes(opposed: bool, n: int = 96, seed: int = 0):

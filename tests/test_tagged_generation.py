@@ -19,7 +19,7 @@ from bot.core.store import Store, Track, TrackFeedback, VoteRow
 from bot.core.tracks import TrackService
 from bot.core.worker import GenerationJob, GenerationResult, run_job
 from model.registry import ModelRegistry
-from model.tags import format_tags, parse, uniform
+from model.tags import GUIDANCE, format_tags, parse, uniform
 from tests.helpers import make_base, tiny_pipeline
 
 SR = 1000
@@ -42,11 +42,18 @@ def test_run_job_uses_tags_only_where_the_model_takes_them(tmp_path):
     assert not np.array_equal(result.mels[0], other.mels[0])
     assert np.array_equal(result.mels[1], other.mels[1])
     assert run_job(job(str(plain), asked)).tags == [{}, {}]  # ignored, so not claimed
+    # Per-track guidance reaches the model: the tagged track changes, the bare one cannot.
+    closer = run_job(GenerationJob(model_dir=str(tagged), seeds=(1, 2), seconds=0.5, steps=2,
+                                   tags=asked, guidance=(9.0, 9.0)))
+    assert not np.array_equal(result.mels[0], closer.mels[0])
+    assert np.array_equal(result.mels[1], closer.mels[1])
 
 
 def test_a_job_has_one_tag_set_per_seed():
     with pytest.raises(ValueError, match="1 tag sets for 2 seeds"):
         job(tags=("mode=minor",))
+    with pytest.raises(ValueError, match="3 guidance scales for 2 seeds"):
+        GenerationJob(model_dir="x", seeds=(1, 2), seconds=1, steps=2, guidance=(3, 4, 5))
 
 
 @dataclass
@@ -93,8 +100,10 @@ async def test_default_policy_is_uniform_per_seed_and_explicit_tags_go_to_every_
     assert [t.tags for t in made] == [asked, asked]
     assert made[0].to_dict()["tags"] == {"instrument": "piano", "mode": "minor"}
 
+    # Before any rating, at the default guidance.
+    assert worker.jobs[-1].guidance == (GUIDANCE,) * 2 and made[0].guidance == GUIDANCE
     made = await tracks.generate("g", 1, tags={})  # explicitly nothing: unconditioned
-    assert worker.jobs[-1].tags == ("",) and made[0].tags == {}
+    assert worker.jobs[-1].tags == ("",) and made[0].tags == {} and made[0].guidance is None
     assert (await tracks.store.get_track(made[0].track_id)).tags is None
 
 

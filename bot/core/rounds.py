@@ -141,7 +141,8 @@ class TrainingSet:
     rated: list[RatedFile]  # the reward model's data
     liked: list[str]  # paths of liked music, for evaluation
     counts: dict
-    eval_tags: list[dict[str, str]] | None = None  # evaluation's clips: the guild's policy
+    # Evaluation's clips: the guild's policy's (tags, guidance) per clip; None: uniform.
+    eval_tags: list[tuple[dict[str, str], float]] | None = None
 
 
 def _rated(feedback: list[TrackFeedback], rewards_cfg: RewardSettings
@@ -201,13 +202,15 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
                        eval_tags=eval_tags(history or feedback, settings))
 
 
-def eval_tags(feedback: list[TrackFeedback], settings: Settings) -> list[dict[str, str]] | None:
-    """The tags evaluation makes its clips with: draws from the guild's tag policy, so the
-    candidate is judged on what it will be asked for; None (uniform) when it has none."""
+def eval_tags(feedback: list[TrackFeedback], settings: Settings
+              ) -> list[tuple[dict[str, str], float]] | None:
+    """The tags evaluation makes its clips with, and their guidance: draws from the guild's
+    tag policy, so the candidate is judged on what it will be asked for; None (uniform)
+    when it has none."""
     policy = TagPolicy.for_guild(feedback, settings)
     if not settings.tag_policy or policy.rated == 0:
         return None
-    return [policy.draw(random.Random(i)) for i in range(settings.eval_clips)]
+    return [policy.serve(random.Random(i)) for i in range(settings.eval_clips)]
 
 
 def round_ratings(feedback: list[TrackFeedback], round_starts: list[float]) -> list[RoundRatings]:
@@ -389,7 +392,9 @@ class RoundService:
         ev = EvalSpec(champion_dir=str(parent_dir),
                       candidate_dir=str(self.registry.version_dir(guild, info.version)),
                       rated=data.rated, reward_model=str(work / "reward_model.json"),
-                      liked=data.liked, clips=s.eval_clips, tags=data.eval_tags,
+                      liked=data.liked, clips=s.eval_clips,
+                      tags=[t for t, _ in data.eval_tags] if data.eval_tags else None,
+                      guidance=[g for _, g in data.eval_tags] if data.eval_tags else None,
                       reward_inputs=s.reward_inputs, tagger_dir=str(s.tagger_dir),
                       promote_z=s.promote_z, steps=s.sampler_steps, threads=s.torch_threads)
         ev.save(work / "evaluate.json")

@@ -127,6 +127,11 @@ MIGRATIONS: list[str] = [
     -- CROWDTUNE_GUILD_RETENTION_DAYS later unless it comes back.
     ALTER TABLE guilds ADD COLUMN left_at REAL;
     """,
+    # 5: how closely a track followed its tags (the guidance scale, model/tags.py); NULL when
+    # it was made unconditioned, or before this column (then it was the default).
+    """
+    ALTER TABLE tracks ADD COLUMN guidance REAL;
+    """,
 ]
 
 
@@ -147,6 +152,7 @@ class Track:
     channel_id: str | None = None
     message_id: str | None = None
     tags: Mapping[str, str] | None = None  # what it was made with; None: unconditioned
+    guidance: float | None = None  # how closely it followed them; None: unrecorded or no tags
 
 
 @dataclass(frozen=True)
@@ -386,15 +392,17 @@ class Store:
     async def add_track(
         self, guild_id: str, model_version: str, origin: str, duration_s: float, seed: int,
         file: str | None = None, tags: Mapping[str, str] | None = None,
+        guidance: float | None = None,
     ) -> int:
-        """A new track; `tags` are what it was made with (empty or None: unconditioned)."""
+        """A new track; `tags` are what it was made with (empty or None: unconditioned),
+        `guidance` how closely it followed them."""
         if origin not in ORIGINS:
             raise ValueError(f"unknown track origin {origin!r}")
         cur = await self.db.execute(
             "INSERT INTO tracks (guild_id, model_version, origin, file, duration_s, seed, "
-            "created_at, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, tags, guidance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (str(guild_id), model_version, origin, file, duration_s, seed, self.now(),
-             json.dumps(dict(tags)) if tags else None),
+             json.dumps(dict(tags)) if tags else None, guidance if tags else None),
         )
         await self._commit()
         assert cur.lastrowid is not None

@@ -57,6 +57,7 @@ class GeneratedTrack:
     seed: int
     origin: Origin
     tags: dict[str, str] = field(default_factory=dict)  # made with; {}: the model took none
+    guidance: float | None = None  # how closely it followed them; None without tags
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,14 +114,15 @@ class TrackService:
         return TagPolicy.for_guild(await self.store.track_feedback(guild, since=since), s)
 
     async def default_tags(self, guild: str, origin: Origin, seeds: Sequence[int]
-                           ) -> list[tagvocab.Tags]:
-        """The tags tracks are made with when nobody asked for any, one set per seed (a
-        seed reproduces its tags given the same ratings): drawn from the guild's policy; the
-        baseline arm stays uniform, so it measures where the guild started."""
+                           ) -> list[tuple[tagvocab.Tags, float]]:
+        """The tags tracks are made with when nobody asked for any, and how closely they
+        follow them (guidance), one pair per seed (a seed reproduces its pair given the same
+        ratings): drawn from the guild's policy; the baseline arm stays uniform at the
+        default guidance, so it measures where the guild started."""
         policy = None if origin == Origin.BASELINE else await self.tag_policy(guild)
         if policy is None or policy.rated == 0:  # nothing learnt yet: uniform, as at the start
-            return [tagvocab.uniform(random.Random(s)) for s in seeds]
-        return [policy.draw(random.Random(s)) for s in seeds]
+            return [(tagvocab.uniform(random.Random(s)), tagvocab.GUIDANCE) for s in seeds]
+        return [policy.serve(random.Random(s)) for s in seeds]
 
     async def generate(
         self, guild: str, n: int, out_dir: Path | None = None, seed: int | None = None,
@@ -128,8 +130,8 @@ class TrackService:
         tags: Mapping[str, str] | None = None,
     ) -> list[GeneratedTrack]:
         """n tracks made with `tags` (fields left out mean "any"; {} asks for none), or with
-        the guild's default policy, per track, when `tags` is None. TagError for an unknown
-        field or value."""
+        the guild's default policy, per track, when `tags` is None; either way followed as
+        closely as the policy says. TagError for an unknown field or value."""
         asked = None if tags is None else tagvocab.validate(tags)
         info = await self.model_for(guild, origin)
         out_dir = out_dir or self.settings.tracks_dir / guild
@@ -144,18 +146,20 @@ class TrackService:
                 raise ValueError(f"guild {guild} has no uploads to seed generation from")
             rng = random.Random(first)
             seed_audio = tuple(u.file for u in rng.sample(uploads, min(4, len(uploads))))
-        per_track = ([asked] * n if asked is not None
-                     else await self.default_tags(guild, origin, seeds))
+        served = await self.default_tags(guild, origin, seeds)
+        if asked is not None:
+            served = [(asked, g) for _, g in served]
         job = GenerationJob(model_dir=str(self.registry.version_dir(guild, info.version)),
                             seeds=seeds, seconds=seconds, steps=self.settings.sampler_steps,
                             seed_audio=seed_audio,
-                            tags=tuple(tagvocab.format_tags(t) for t in per_track))
+                            tags=tuple(tagvocab.format_tags(t) for t, _ in served),
+                            guidance=tuple(g for _, g in served))
         result = await self.compute.generate(job)
         made = []
-        for audio, mel, s, used in zip(result.audios, result.mels, seeds, result.tags,
-                                       strict=True):
+        for audio, mel, s, used, (_, g) in zip(result.audios, result.mels, seeds, result.tags,
+                                               served, strict=True):
             track = await self._save(guild, info.version, origin, audio, result.sample_rate, s,
-                                     out_dir, used)
+                                     out_dir, used, g if used else None)
             path = mel_file(self.settings, guild, track.track_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             await asyncio.to_thread(np.save, path, mel)
@@ -195,10 +199,11 @@ class TrackService:
         return made
 
     async def _save(self, guild: str, version: str, origin: Origin, audio, sr: int, seed: int,
-                    out_dir: Path, tags: dict[str, str]) -> GeneratedTrack:
+                    out_dir: Path, tags: dict[str, str], guidance: float | None
+                    ) -> GeneratedTrack:
         duration = len(audio) / sr
         track_id = await self.store.add_track(guild, version, origin, duration, seed,
-                                              tags=tags)
+                                              tags=tags, guidance=guidance)
         fmt = self.settings.audio_format
         path = out_dir / f"track-{track_id:06d}.{fmt}"
         try:
@@ -213,4 +218,4 @@ class TrackService:
                  path)
         return GeneratedTrack(track_id=track_id, path=str(path), model_version=version,
                               duration_s=round(duration, 3), seed=seed, origin=origin,
-                              tags=dict(tags))
+                              tags=dict(tags), guidance=guidance)

@@ -27,10 +27,14 @@ class GenerationJob:
     # One `model.tags.format_tags` string per seed ("": none); plain strings, so the job
     # pickles small and compares by value. Empty: every track unconditioned.
     tags: tuple[str, ...] = ()
+    # How closely each track follows its tags (model/tags.py); empty: the default.
+    guidance: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tags and len(self.tags) != len(self.seeds):
             raise ValueError(f"{len(self.tags)} tag sets for {len(self.seeds)} seeds")
+        if self.guidance and len(self.guidance) != len(self.seeds):
+            raise ValueError(f"{len(self.guidance)} guidance scales for {len(self.seeds)} seeds")
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def run_job(job: GenerationJob) -> GenerationResult:
         used = pipe.known_tags(tagvocab.parse(job.tags[i]) if job.tags else {})
         out = pipe(num_inference_steps=job.steps, seconds=job.seconds,
                    generator=torch.Generator().manual_seed(seed), seed_latents=seed_latents,
-                   tags=used)
+                   tags=used, guidance=job.guidance[i] if job.guidance else tagvocab.GUIDANCE)
         audios.append(out.audios[0])
         mels.append(out.mels[0].astype(np.float16))
         used_tags.append(used)
