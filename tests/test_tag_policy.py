@@ -172,3 +172,32 @@ def test_a_guild_that_merely_differs_in_degree_has_no_camps():
     for seed in range(3):
         votes, tags = camp_votes(opposed=False, n=192, seed=seed)
         assert find_camps(votes, tags) is None
+
+
+def test_evaluation_makes_its_clips_as_the_guild_is_served():
+    from bot.core.rounds import eval_tags
+    from bot.core.store import Track, TrackFeedback, VoteRow
+    from model.contracts import EvalSpec
+    from model.evaluate import clip_tags
+
+    settings = Settings(_env_file=None, eval_clips=4)  # type: ignore[call-arg]
+    assert eval_tags([], settings) is None  # nothing rated: uniform tags, default guidance
+    rng = random.Random(0)
+    feedback = []
+    for i in range(60):  # strictly followed tags are loved, the rest disliked
+        guidance = tagvocab.GUIDANCE_LEVELS[i % 3]
+        track = Track(i, "g", "v0001", "generated", None, 5.0, i, 0.0,
+                      tags=tagvocab.uniform(rng), guidance=guidance)
+        stars = 5 if guidance == max(tagvocab.GUIDANCE_LEVELS) else 1
+        feedback.append(TrackFeedback(track, tuple(VoteRow(i, f"m{m}", stars, 0.0)
+                                                   for m in range(3)), ()))
+    served = eval_tags(feedback, settings)
+    assert served is not None and len(served) == 4
+    assert sum(g == max(tagvocab.GUIDANCE_LEVELS) for _, g in served) >= 3
+    spec = EvalSpec(champion_dir="a", candidate_dir="b", clips=6,
+                    tags=[t for t, _ in served], guidance=[g for _, g in served])
+    tags, guidance = clip_tags(spec)  # both models' clips, cycling through the draws
+    assert tags == [t for t, _ in served + served[:2]]
+    assert guidance == [g for _, g in served + served[:2]]
+    assert clip_tags(EvalSpec(champion_dir="a", candidate_dir="b", clips=3))[1] == \
+        [tagvocab.GUIDANCE] * 3
