@@ -38,24 +38,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rated_round import clips, rated_files
+from rated_round import FAVOURITE_SHARE, clips, favourite_values, policy_tags, rated_files
 
 import model.finetune as ft
-from bot.experiment.ear import VALUES, EarCommunity, load_ear
+from bot.experiment.ear import EarCommunity, load_ear
 from model.contracts import POOL_SEED, FinetuneSpec
 from model.corpus_pool import load_pool
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
 from model.tags import VOCAB, Tags, uniform
 from model.train import install_shipped_base
-
-FAVOURITE_SHARE = 0.8
-
-
-def policy_tags(rng: random.Random, favourite: Tags) -> Tags:
-    """Per field the favourite value FAVOURITE_SHARE of the time, else uniform."""
-    other = uniform(rng)
-    return {f: favourite[f] if rng.random() < FAVOURITE_SHARE else other[f] for f in VOCAB}
 
 
 def main() -> None:
@@ -78,9 +70,7 @@ def main() -> None:
         parent = CrowdtunePipeline.from_pretrained(parent_dir)
         sr = parent.mel.config.sample_rate
         community = EarCommunity(load_ear(cache), seed=0)
-        taste = community._w.mean(0)
-        favourite = {f: max(vs, key=lambda v, f=f: taste[VALUES.index((f, v))])
-                     for f, vs in VOCAB.items()}
+        favourite = favourite_values(community)
 
         def policy_prob(tags: Tags) -> float:
             return float(np.prod([FAVOURITE_SHARE * (tags.get(f) == favourite[f])

@@ -1,28 +1,34 @@
-"""What the one-round benches (bench_lora.py, bench_replay_guide.py) share: clips from a
-pipeline, and base clips rated by the simulated community with its own ear into the
-reward model's data, their rewards from the bot's own code."""
+"""What the one-round benches (bench_lora.py, bench_replay_guide.py, bench_guidance.py)
+share: clips from a pipeline; base clips rated by the simulated community with its own ear
+into the reward model's data, their rewards from the bot's own code; and tags drawn as a
+learnt tag policy would serve that community."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bot.core.rewards import DEFAULT_SETTINGS, Vote, track_rewards
-from bot.experiment.ear import EarCommunity
+from bot.experiment.ear import VALUES, EarCommunity
 from model.contracts import RatedFile
 from model.files import write_wav
 from model.pipeline import CrowdtunePipeline
-from model.tags import Tags
+from model.tags import GUIDANCE, VOCAB, Tags, uniform
+
+FAVOURITE_SHARE = 0.8
 
 
-def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int) -> list[np.ndarray]:
+def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int, guidance: float = GUIDANCE
+          ) -> list[np.ndarray]:
     """One clip per tag set, in batches of 8 (batch k seeded `seed + 8k`)."""
     out: list[np.ndarray] = []
     for start in range(0, len(tags), 8):
         out += pipe(batch_size=len(tags[start:start + 8]), tags=tags[start:start + 8],
-                    generator=torch.Generator().manual_seed(seed + start)).audios
+                    generator=torch.Generator().manual_seed(seed + start),
+                    guidance=guidance).audios
     return out
 
 
@@ -36,3 +42,16 @@ def rated_files(community: EarCommunity, audio: list[np.ndarray], sr: int, folde
     rewards = track_rewards(votes, [], DEFAULT_SETTINGS)
     return [RatedFile(str(write_wav(folder / f"r{i}.wav", x, sr)), rewards[i].reward)
             for i, x in enumerate(audio)]
+
+
+def favourite_values(community: EarCommunity) -> Tags:
+    """Per field the value the community's shared taste likes best."""
+    taste = community._w.mean(0)
+    return {f: max(vs, key=lambda v, f=f: taste[VALUES.index((f, v))]) for f, vs in VOCAB.items()}
+
+
+def policy_tags(rng: random.Random, favourite: Tags) -> Tags:
+    """Per field the favourite value FAVOURITE_SHARE of the time, else uniform (roughly
+    where a guild's Thompson sampling stands after a round)."""
+    other = uniform(rng)
+    return {f: favourite[f] if rng.random() < FAVOURITE_SHARE else other[f] for f in VOCAB}
