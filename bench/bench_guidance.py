@@ -15,12 +15,12 @@
    Printed per community: the expected stars per pass, averaged over `--reps` runs, against
    staying at the default.
 
-Measured 2026-12-03 (96 clips, levels 2 / 3 / 4.5 / 6, expected stars): community 0: 3.07 /
-3.15 / 3.23 / 3.26; 1: 3.16 / 3.13 / 3.05 / 2.95; 2: 3.84 / 3.84 / 3.77 / 3.65; 3: 2.95 /
-3.07 / 3.12 / 3.09. Learnt over 3 / 4.5 / 6, the last of 5 passes against the default 3:
-+0.089, -0.031, -0.029, +0.033 (the best level's: +0.11, 0, 0, +0.05): it finds a server
-that likes strict tags; one that does not pays for the exploring, most in the first pass
-(-0.08).
+Measured 2026-12-03 (`--levels 3 4.5 6`; level 2 by a prototype on the same clips; expected
+stars at 2 / 3 / 4.5 / 6): community 0: 3.07 / 3.15 / 3.23 / 3.26; 1: 3.16 / 3.13 / 3.05 /
+2.95; 2: 3.84 / 3.84 / 3.77 / 3.65; 3: 2.95 / 3.07 / 3.12 / 3.09. Learnt over 3 / 4.5 / 6,
+the last of 5 passes against the default 3: +0.088, -0.033, -0.029, +0.031 (the best
+level's: +0.11, 0, 0, +0.05): it finds a server that likes strict tags; one that does not
+pays for the exploring, most in the first pass (-0.08).
 """
 
 from __future__ import annotations
