@@ -61,10 +61,11 @@ def test_without_ratings_every_value_is_as_likely():
 
 def test_draws_are_reproducible_from_the_seed_and_valid():
     policy = TagPolicy.fit(liked_piano(50))
-    first = [policy.draw(random.Random(s)) for s in range(20)]
-    assert first == [policy.draw(random.Random(s)) for s in range(20)]
-    for tags in first:
+    first = [policy.serve(random.Random(s)) for s in range(20)]
+    assert first == [policy.serve(random.Random(s)) for s in range(20)]
+    for tags, guidance in first:
         assert tagvocab.validate(tags) == tags and set(tags) == set(tagvocab.VOCAB)
+        assert guidance in tagvocab.GUIDANCE_LEVELS
 
 
 async def test_the_track_service_learns_the_guilds_taste_but_not_for_the_baseline(tmp_path: Path):

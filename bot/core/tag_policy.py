@@ -220,10 +220,6 @@ class TagPolicy:
         """Rated tracks behind the policy (counted once, through the first field)."""
         return max(sum(b.n for b in next(iter(g.values())).values()) for g in self.groups)
 
-    def draw(self, rng: random.Random) -> dict[str, str]:
-        """One tag set (`serve` without its guidance)."""
-        return self.serve(rng)[0]
-
     def serve(self, rng: random.Random) -> tuple[dict[str, str], float]:
         """One tag set and the guidance to make it with (`_draw`)."""
         values = self._draw(rng)
