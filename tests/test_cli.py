@@ -176,7 +176,7 @@ def test_simulate_runs_the_loop_and_writes_its_outputs(capsys, data_dir, tmp_pat
     assert code == 0, err
     data = json.loads(stdout)
     assert [r["round"] for r in data["rounds"]] == [0, 1]
-    assert all(r["fd_outside"] > 0 for r in data["rounds"])
+    assert all(r["fd_outside"] > 0 and r["fd_model"] > 0 for r in data["rounds"])
     assert "the voices" in err  # rich wraps (and tags) the log lines
     assert data["wrong_promotions"] in ([], [1])
     keys = {"round", "new_mean", "new_ci", "baseline_mean", "baseline_ci",

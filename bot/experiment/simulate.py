@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from bot.core.report import (
     round_stats,
 )
 from bot.core.services import Services
+from bot.core.worker import GenerationJob
 from bot.experiment.community import Community
 from bot.experiment.ear import (
     OUTSIDE_SEED,
@@ -48,12 +50,14 @@ from bot.experiment.ear import (
     load_style_detector,
     outside_clips,
 )
+from model import tags as tagvocab
 from model.features import AudioFeatures, diversity, extract, frechet_distance
 from model.finetune import load_audio
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]  # one line of progress for the operator
 GUILD = "sim"
+PROBE_SEED = 7_700_000  # the outside style's model-alone clips (Simulation._model_distance)
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,10 @@ class PassResult:
     rolled_back: str | None = None  # what the round's automatic rollback did, if anything
     round_seconds: float = 0.0
     factions: dict[int, float] = field(default_factory=dict)  # expected stars per faction
-    fd_outside: float | None = None  # outside style: feature FD, new tracks vs voices
+    # Outside style: feature FD to the songs for voices, of the pass's new tracks (the served
+    # mix) and of the active model at uniform tags and fixed seeds (the model alone)
+    fd_outside: float | None = None
+    fd_model: float | None = None
 
     def row(self) -> dict:
         stats = round_stats(self.ratings)
@@ -138,6 +145,8 @@ class PassResult:
                 **({"faction_expected": {str(k): round(v, 3) for k, v in self.factions.items()}}
                    if self.factions else {}),
                 **({"fd_outside": round(self.fd_outside, 2)} if self.fd_outside is not None
+                   else {}),
+                **({"fd_model": round(self.fd_model, 2)} if self.fd_model is not None
                    else {}),
                 "reason": self.reason, "rolled_back": self.rolled_back,
                 "round_seconds": round(self.round_seconds, 1)}
@@ -170,6 +179,13 @@ class SimResult:
             "config": asdict(self.config),
             "seconds": round(self.seconds, 1),
         }
+
+
+def fd_tracks(cfg: SimConfig) -> int:
+    """Tracks per feature FD: a pass's new tracks at the full size (half its mix). FD falls
+    with the number of tracks (corpus clips against the voices: 28.5 at 48, 25.4 at 160,
+    measured), so every pass is measured at the same number."""
+    return max(2, cfg.tracks_per_round // 2)
 
 
 def _taste(feats: list[AudioFeatures]) -> dict:
@@ -301,13 +317,41 @@ class Simulation:
             taste=_taste(new_feats), diversity=diversity(z),
             factions=(self.community.faction_scores(new_heard)
                       if isinstance(self.community, EarCommunity) else {}),
-            fd_outside=(None if self._outside is None else frechet_distance(vecs, self._outside)))
+            fd_outside=None if self._outside is None else self._distance(vecs),
+            fd_model=None if self._outside is None else await self._model_distance())
         new_m, _, _ = mean_ci(rated.track_means(GENERATED))
         base_m, _, _ = mean_ci(rated.track_means(BASELINE))
         self.say(f"pass {k} ({version}): new {new_m:.2f}, baseline {base_m:.2f} stars"
                  + ("" if result.fd_outside is None
-                    else f"; distance to the voices {result.fd_outside:.1f}"))
+                    else f"; distance to the voices {result.fd_outside:.1f} (the model at "
+                         f"uniform tags {result.fd_model:.1f})"))
         return result
+
+    def _distance(self, vecs: np.ndarray, draws: int = 20) -> float:
+        """Feature FD to the voices at `fd_tracks` tracks: the mean over random subsets
+        where a pass made more (pass 0 and the final comparison)."""
+        n = fd_tracks(self.cfg)
+        if len(vecs) <= n:
+            return frechet_distance(vecs, self._outside)
+        rng = np.random.default_rng(len(vecs))
+        return float(np.mean([frechet_distance(vecs[rng.choice(len(vecs), n, replace=False)],
+                                               self._outside) for _ in range(draws)]))
+
+    async def _model_distance(self) -> float:
+        """Feature FD to the voices of the active model's clips at uniform tags, the same
+        seeds every pass: how far the model itself moved toward the style, apart from the
+        tag policy's choice of tags. Not posted, not rated."""
+        tracks = self.services.tracks
+        info = await tracks.active_version(GUILD)
+        seeds = tuple(range(PROBE_SEED, PROBE_SEED + fd_tracks(self.cfg)))
+        job = GenerationJob(
+            model_dir=str(tracks.registry.version_dir(GUILD, info.version)), seeds=seeds,
+            seconds=self.cfg.track_seconds, steps=self.settings.sampler_steps,
+            tags=tuple(tagvocab.format_tags(tagvocab.uniform(random.Random(s))) for s in seeds),
+            guidance=(tagvocab.GUIDANCE,) * len(seeds))
+        made = await tracks.compute.generate(job)
+        return self._distance(np.stack([extract(a, made.sample_rate).vector()
+                                        for a in made.audios]))
 
     def _library(self, folder: Path) -> None:
         """The operator's library: songs in the community's style (see SimConfig.library)."""
@@ -376,9 +420,12 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
               f"errors): {', '.join(f'round {k}' for k in wrong) if wrong else 'none'}.",
               *([f"Automatic rollbacks: {'; '.join(rollbacks)}."] if rollbacks else [])]
     if result.passes[0].fd_outside is not None:
-        lines += ["", "Feature Fréchet distance between the new model's tracks and songs for "
-                  "voices (the community's style, outside the corpus), per pass: "
-                  + ", ".join(f"{p.fd_outside:.1f}" for p in result.passes) + "."]
+        lines += ["", "Feature Fréchet distance to the songs for voices (the community's "
+                  f"style, outside the corpus), per pass, at {fd_tracks(cfg)}"
+                  " tracks each: the new model's tracks as served "
+                  + ", ".join(f"{p.fd_outside:.1f}" for p in result.passes)
+                  + "; the active model alone, at uniform tags and the same seeds each pass, "
+                  + ", ".join(f"{p.fd_model:.1f}" for p in result.passes) + "."]
     if result.passes[0].factions:
         first = result.passes[0].factions
         lines += ["", "Expected stars per faction, base -> last: " + "; ".join(
