@@ -227,7 +227,8 @@ def build_parser() -> Parser:
     sim.add_argument("--outside-style", action="store_true",
                      help="the community sings: it uploads songs for voices, a style the "
                      "corpus lacks, and likes tracks that sound like them; each pass prints "
-                     "the feature distance of the new tracks to such songs (ear community)")
+                     "the feature distance to such songs of the new tracks and of the model "
+                     "alone at uniform tags (ear community)")
     sim.add_argument("--library", type=int, metavar="N", default=None,
                      help="an operator's library of N 20-s songs in the community's style "
                      "(songs for voices with --outside-style)")
