@@ -22,48 +22,32 @@ A prototype: hooks on a diffusers UNet, not the shipped model; ~35 min on 2 core
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_mode_ruler import CACHE, pitch_resampler, pitch_view, train_ruler
+from bench_mode_ruler import CACHE, excerpt_profile, pitch_resampler, pitch_view, train_ruler
 from torch import nn
 
 from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig, mel_band_edges
-from model.features import _MAJOR, _MINOR, extract, key_mode
+from model.features import KEY_PROFILES, extract, find_key, key_mode
 from model.pipeline import CrowdtunePipeline, TagEmbedding, patchify
-from model.scores import ClipInfo, _load_one, score_corpus
+from model.scores import ClipInfo, score_corpus
 from model.tagger import Tagger, predict
 from model.train import TrainConfig, train_denoiser
 
-MODES = ("major", "minor")
-PROFILES = {"major": _MAJOR, "minor": _MINOR}
+MODES = tuple(KEY_PROFILES)
 
 
-def excerpt_key(info: ClipInfo, window_s: float) -> tuple[int, str] | None:
+def excerpt_key(info: ClipInfo) -> tuple[int, str] | None:
     """(tonic pitch class as rendered, mode) of the score notes sounding in the clip."""
-    piece = _load_one(info.source, CACHE)[1] if info.source != "synth" else None
-    if piece is None:
+    profile = None if info.source == "synth" else excerpt_profile(info)
+    if profile is None:
         return None
-    spq = 60.0 / (info.bpm * float(piece["bars"][0][3]))
-    length = float(piece["length"])  # the render loops the piece: so does the count
-    q0 = info.offset_s / spq
-    q1 = q0 + window_s / spq
-    profile = np.zeros(12)
-    for part in piece["parts"]:
-        for onset, dur, midi in part:
-            for rep in range(math.ceil(q1 / length) + 1):
-                overlap = min(onset + dur + rep * length, q1) - max(onset + rep * length, q0)
-                if overlap > 0:
-                    profile[int(midi) % 12] += overlap
-    if profile.std() == 0:
-        return None
-    _, k, mode = max((np.corrcoef(profile, np.roll(PROFILES[m], k))[0, 1], k, m)
-                     for m in MODES for k in range(12))
-    return (k + info.transpose) % 12, mode
+    tonic, mode = find_key(profile)
+    return (tonic + info.transpose) % 12, mode
 
 
 def key_table(cfg: MelConfig) -> torch.Tensor:
@@ -76,7 +60,7 @@ def key_table(cfg: MelConfig) -> torch.Tensor:
         pcs = np.rint(69 + 12 * np.log2(np.linspace(max(lo, 20.0), hi, 16) / 440)).astype(int)
         for m, mode in enumerate(MODES):
             for k in range(12):
-                table[m * 12 + k, r] = PROFILES[mode][(pcs - k) % 12].mean()
+                table[m * 12 + k, r] = KEY_PROFILES[mode][(pcs - k) % 12].mean()
     table = (table - table.mean(1, keepdims=True)) / table.std(1, keepdims=True)
     return torch.from_numpy(table)
 
@@ -150,7 +134,7 @@ def main() -> None:
     audio, infos = score_corpus(a.clips, 0, cfg.window_seconds, cfg.sample_rate, CACHE)
     images = torch.cat([codec.encode(torch.from_numpy(audio[s:s + 64]))[..., :cfg.x_res]
                         for s in range(0, len(audio), 64)])
-    keys = [excerpt_key(info, cfg.window_seconds) for info in infos]
+    keys = [excerpt_key(info) for info in infos]
     tags = [{**info.tags, **({"mode": k[1], "tonic": str(k[0])} if k else {})}
             for info, k in zip(infos, keys, strict=True)]
     keep = [i for i, k in enumerate(keys) if k]

@@ -40,8 +40,9 @@ F_MIN, F_MAX = 350.0, 4000.0
 CACHE = Path("data/cache")
 
 
-def excerpt_mode(info: ClipInfo) -> str | None:
-    """The key mode of the score notes sounding in the clip's excerpt (None: no notes)."""
+def excerpt_profile(info: ClipInfo) -> np.ndarray | None:
+    """Quarter notes per pitch class of the score notes sounding in the clip's excerpt,
+    before the render's transposition (None: no score or no notes)."""
     _, piece, _ = _load_one(info.source, CACHE)
     if piece is None:
         return None
@@ -57,7 +58,13 @@ def excerpt_mode(info: ClipInfo) -> str | None:
                 overlap = min(b, q1) - max(a, q0)
                 if overlap > 0:
                     profile[int(midi) % 12] += overlap
-    return key_mode(profile) if profile.any() else None
+    return profile if profile.any() else None
+
+
+def excerpt_mode(info: ClipInfo) -> str | None:
+    """The key mode of the score notes sounding in the clip's excerpt (None: no notes)."""
+    profile = excerpt_profile(info)
+    return None if profile is None else key_mode(profile)
 
 
 def pitch_resampler(cfg: MelConfig) -> torch.Tensor:

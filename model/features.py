@@ -97,20 +97,27 @@ def extract(audio: np.ndarray, sr: int) -> AudioFeatures:
 
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
-_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+KEY_PROFILES = {
+    "major": np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88]),
+    "minor": np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]),
+}
+
+
+def find_key(chroma: tuple[float, ...] | np.ndarray) -> tuple[int, str]:
+    """(tonic pitch class, "major" or "minor"): the key profile, over all 24 keys, that
+    correlates best with a clip's chroma (Krumhansl-Schmuckler key finding)."""
+    c = np.asarray(chroma, dtype=float)
+    if c.std() == 0:
+        return 0, "major"
+    _, mode, tonic = max((np.corrcoef(c, np.roll(profile, k))[0, 1], mode, k)
+                         for mode, profile in KEY_PROFILES.items() for k in range(12))
+    return tonic, mode
 
 
 def key_mode(chroma: tuple[float, ...] | np.ndarray) -> str:
-    """"major" or "minor": the mode of the key profile, over all 24 keys, that correlates
-    best with a clip's chroma (Krumhansl-Schmuckler key finding). A judge of mode that
-    shares nothing with the tagger or the model's codec."""
-    c = np.asarray(chroma, dtype=float)
-    if c.std() == 0:
-        return "major"
-    best = max((np.corrcoef(c, np.roll(profile, k))[0, 1], mode)
-               for mode, profile in (("major", _MAJOR), ("minor", _MINOR)) for k in range(12))
-    return best[1]
+    """The mode of `find_key`: a judge of mode that shares nothing with the tagger or the
+    model's codec."""
+    return find_key(chroma)[1]
 
 
 def feature_matrix(audios: list[np.ndarray] | np.ndarray, sr: int) -> np.ndarray:
