@@ -2,8 +2,9 @@
 
     python bench/bench_mode_ruler.py [--model data/models/base] [--clips 4096] [-n 32]
 
-The tagger hears mode barely above always saying "major" (bench_tags.py), so its mode
-adherence says little. This bench builds a second mode ruler and uses it on the model:
+The tagger's first mode head, on its shared embedding, heard mode barely above always saying
+"major". This bench trains a mode ruler on a pitch view (since then the tagger's mode head,
+model/tagger.py) and uses it on the model:
 - Labels: each corpus clip's own key, found by Krumhansl-Kessler key finding on the score
   notes sounding in its 5-s excerpt (the piece's key analysis, the corpus tag, agrees with
   the excerpt's key on only ~73% of clips: excerpts modulate or sit on the relative key).
@@ -20,7 +21,6 @@ pipeline's default and at a strong guidance scale, and the ruler says what it he
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -29,79 +29,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.codec import MelCodec, MelConfig, mel_band_edges
-from model.features import key_mode
+from model.codec import MelCodec, MelConfig
 from model.pipeline import GUIDANCE, CrowdtunePipeline
-from model.scores import ClipInfo, _load_one, score_corpus
-from model.tagger import Tagger, predict
+from model.scores import ClipInfo, excerpt_key, score_corpus
+from model.tagger import (
+    ROWS_PER_SEMITONE,
+    PitchFeatures,
+    Tagger,
+    pitch_resampler,
+    pitch_view,
+    predict,
+)
 
-ROWS_PER_SEMITONE = 3
-F_MIN, F_MAX = 350.0, 4000.0
 CACHE = Path("data/cache")
-
-
-def excerpt_profile(info: ClipInfo) -> np.ndarray | None:
-    """Quarter notes per pitch class of the score notes sounding in the clip's excerpt,
-    before the render's transposition (None: no score or no notes)."""
-    _, piece, _ = _load_one(info.source, CACHE)
-    if piece is None:
-        return None
-    sec_per_quarter = 60.0 / (info.bpm * float(piece["bars"][0][3]))
-    length = float(piece["length"])  # the render loops the piece: so does the count
-    q0 = info.offset_s / sec_per_quarter
-    q1 = q0 + MelConfig().window_seconds / sec_per_quarter
-    profile = np.zeros(12)
-    for part in piece["parts"]:
-        for onset, dur, midi in part:
-            for rep in range(math.ceil(q1 / length) + 1):
-                a, b = onset + rep * length, onset + dur + rep * length
-                overlap = min(b, q1) - max(a, q0)
-                if overlap > 0:
-                    profile[int(midi) % 12] += overlap
-    return profile if profile.any() else None
 
 
 def excerpt_mode(info: ClipInfo) -> str | None:
     """The key mode of the score notes sounding in the clip's excerpt (None: no notes)."""
-    profile = excerpt_profile(info)
-    return None if profile is None else key_mode(profile)
-
-
-def pitch_resampler(cfg: MelConfig) -> torch.Tensor:
-    """(pitch rows, mel bins): linear interpolation between the mel bins' centre frequencies."""
-    centres = mel_band_edges(cfg)[1:-1].numpy()
-    p0, p1 = (69 + 12 * math.log2(f / 440) for f in (F_MIN, F_MAX))
-    freqs = 440 * 2 ** ((np.arange(p0, p1, 1 / ROWS_PER_SEMITONE) - 69) / 12)
-    rows = np.zeros((len(freqs), cfg.y_res), dtype=np.float32)
-    for i, f in enumerate(freqs):
-        j = int(np.searchsorted(centres, f))
-        a = (f - centres[j - 1]) / (centres[j] - centres[j - 1])
-        rows[i, j - 1], rows[i, j] = 1 - a, a
-    return torch.from_numpy(rows)
-
-
-def pitch_view(images: torch.Tensor, resampler: torch.Tensor) -> torch.Tensor:
-    """(n, 1, mels, T) mel images -> (n, 2, pitch rows): time mean and spread, standardised."""
-    x = torch.einsum("pm,nmt->npt", resampler, images[:, 0].float())
-    view = torch.stack([x.mean(-1), x.std(-1)], 1)
-    return (view - view.mean(-1, keepdim=True)) / (view.std(-1, keepdim=True) + 1e-6)
+    key = excerpt_key(info, MelConfig().window_seconds, CACHE)
+    return None if key is None else key[1]
 
 
 class ModeRuler(nn.Module):
-    """Convolutions over pitch (a third, then an octave wide), pooled over pitch."""
+    """The tagger's pitch view and convolutions (model/tagger.py) with a head of its own."""
 
     def __init__(self, channels: int = 32) -> None:
         super().__init__()
-        third, octave = 3 * ROWS_PER_SEMITONE, 12 * ROWS_PER_SEMITONE + 1  # odd: centred
-        self.convs = nn.Sequential(
-            nn.Conv1d(2, channels, third, padding="same"), nn.GELU(),
-            nn.Conv1d(channels, channels, octave, padding="same"), nn.GELU(),
-            nn.Conv1d(channels, channels, octave, padding="same"), nn.GELU())
+        self.features = PitchFeatures(channels)
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(2 * channels, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.convs(x)
-        return self.head(torch.cat([h.amax(-1), h.mean(-1)], 1))
+        return self.head(self.features(x))
 
 
 def train_ruler(x: torch.Tensor, y: torch.Tensor, epochs: int = 15, seed: int = 0) -> ModeRuler:

@@ -306,8 +306,9 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
             )
             with progress_bar() as bar:
                 task = bar.add_task("pretraining", total=cfg.train.steps, info="")
-                report = pretrain(tmp, cfg, progress=lambda s, _t, loss: bar.update(
-                    task, completed=s, info=f"loss {loss:.3f}"), cache_dir=settings.cache_dir)
+                report = pretrain(tmp, cfg, progress=lambda s, total, loss: bar.update(
+                    task, completed=s, total=total, info=f"loss {loss:.3f}"),
+                    cache_dir=settings.cache_dir)
             console.print(f"pretrained in {report['seconds']} s, final loss "
                           f"{report['final_loss']:.4f}")
     console.print(f"base model saved to {registry.base_dir}")

@@ -18,6 +18,7 @@ block of rows per field, a tag set picks one row per field (the field's "any" ro
 out) and their sum joins the time embedding. Trained with tag dropout, so no tags is plain
 unconditional generation, and asked tags use classifier-free guidance. The vocabulary the
 embedding was trained with is saved in `model_index.json`; a model without one takes no tags.
+The built-in base also sees the asked key laid out over pitch (model/key_prior.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from diffusers import (
     UNet2DModel,
 )
 
+from model import key_prior
 from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
 from model.lora import full_model_dir, is_adapter, merge_into
@@ -166,6 +168,20 @@ class CrowdtunePipeline(DiffusionPipeline):
             use_tag_embedding(unet)
         self.tag_vocab = ({f: tuple(v) for f, v in tag_vocab.items()}
                           if tag_vocab is not None else None)
+        if key_prior.has_key_prior(unet, self.tag_vocab):
+            key_prior.attach(unet, self.tag_vocab, mel.config, self.patch)
+
+    def add_key_prior(self, generator: torch.Generator | None = None) -> None:
+        """Give this tag-conditioned pipeline the key prior (model/key_prior.py); its new
+        weights then need training."""
+        if self.tag_vocab is None or key_prior.has_key_prior(self.unet, self.tag_vocab):
+            return
+        self.tag_vocab = key_prior.widen(self.unet, self.tag_vocab, generator)
+        key_prior.attach(self.unet, self.tag_vocab, self.mel.config, self.patch)
+
+    @property
+    def keyed(self) -> bool:
+        return key_prior.has_key_prior(self.unet, self.tag_vocab)
 
     # --- tags -----------------------------------------------------------------------------
 
@@ -213,7 +229,7 @@ class CrowdtunePipeline(DiffusionPipeline):
     def latent_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else size
-        return self.unet.config.in_channels, int(h), int(w)
+        return self.unet.config.out_channels, int(h), int(w)
 
     def images_to_latents(self, images: torch.Tensor) -> torch.Tensor:
         if self.vqvae is not None:
@@ -337,6 +353,11 @@ class CrowdtunePipeline(DiffusionPipeline):
         per_track = [tags] * batch_size if tags is None or isinstance(tags, Mapping) else tags
         if len(per_track) != batch_size:
             raise ValueError(f"{len(per_track)} tag sets for {batch_size} tracks")
+        gen = generator or torch.Generator().manual_seed(0)
+        if self.keyed:  # a track that asks for a mode is played in a key: draw its tonic
+            per_track = [{key_prior.KEY_FIELD: key_prior.draw_tonic(gen), **t}
+                         if t and "mode" in t and key_prior.KEY_FIELD not in t else t
+                         for t in per_track]
         scales = [float(guidance)] * batch_size if isinstance(guidance, int | float) \
             else [float(g) for g in guidance]
         if len(scales) != batch_size:
@@ -344,7 +365,6 @@ class CrowdtunePipeline(DiffusionPipeline):
         n_win = self.n_windows(seconds)
         n_anchor = (n_win - 1) // WINDOWS_PER_ANCHOR + 2
         shape = self.latent_shape()
-        gen = generator or torch.Generator().manual_seed(0)
         all_noise = []
         for _ in range(batch_size):
             if seed_latents is None:

@@ -972,6 +972,44 @@ def score_corpus(n: int, seed: int = 0, seconds: float = 5.0, sample_rate: int =
     return audio, infos
 
 
+def excerpt_profile(info: ClipInfo, seconds: float = 5.0,
+                    cache_dir: Path | None = None) -> np.ndarray | None:
+    """Quarter notes per pitch class of the score notes sounding in the clip's excerpt of
+    `seconds`, before the render's transposition (None: no score or no notes)."""
+    if info.source == "synth":
+        return None
+    _, piece, _ = _load_one(info.source, Path(cache_dir) if cache_dir is not None else None)
+    if piece is None:
+        return None
+    sec_per_quarter = 60.0 / (info.bpm * float(piece["bars"][0][3]))
+    length = float(piece["length"])  # the render loops the piece: so does the count
+    q0 = info.offset_s / sec_per_quarter
+    q1 = q0 + seconds / sec_per_quarter
+    profile = np.zeros(12)
+    for part in piece["parts"]:
+        for onset, dur, midi in part:
+            for rep in range(math.ceil(q1 / length) + 1):
+                a, b = onset + rep * length, onset + dur + rep * length
+                overlap = min(b, q1) - max(a, q0)
+                if overlap > 0:
+                    profile[int(midi) % 12] += overlap
+    return profile if profile.any() else None
+
+
+def excerpt_key(info: ClipInfo, seconds: float = 5.0,
+                cache_dir: Path | None = None) -> tuple[int, str] | None:
+    """(tonic pitch class as rendered, mode) of the score notes sounding in the clip: its own
+    key, which the piece's key analysis (the mode tag) misses on ~27% of clips (excerpts
+    modulate or sit on the relative key). None for the synthesiser's clips."""
+    from model.features import find_key  # torch: only where keys are wanted
+
+    profile = excerpt_profile(info, seconds, cache_dir)
+    if profile is None:
+        return None
+    tonic, mode = find_key(profile)
+    return (tonic + info.transpose) % 12, mode
+
+
 def render_sources(sources: Sequence[str | Path], seed: int = 0, seconds: float = 5.0,
                    sample_rate: int = 16000, clips_per_source: int = 2,
                    cache_dir: Path | None = None, programs: Sequence[int] = (),

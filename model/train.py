@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DModel
 
+from model import key_prior
 from model import tags as tagvocab
 from model.codec import MelCodec, MelConfig
 from model.pipeline import CrowdtunePipeline
@@ -149,9 +150,39 @@ class PretrainConfig:
     clips: int = 4096
     corpus: str = "scores"  # model/scores.py; "synth" is the older synthesiser-only corpus
     train: TrainConfig = TrainConfig()
+    # The key stage's steps (None: half of train.steps; 0: none). After the first stage the
+    # base gains the key prior (model/key_prior.py) and goes on, at a lower LR, on the same
+    # clips, each tagged with its own excerpt's key. Why a second stage rather than the prior
+    # from the start: that is what was measured (bench/bench_key_prior.py, 2,500 steps on the
+    # 5,000-step base), and it leaves the first stage's recipe and results as they were.
+    key_steps: int | None = None
+
+    def key_stage(self) -> TrainConfig | None:
+        steps = self.train.steps // 2 if self.key_steps is None else self.key_steps
+        if self.corpus != "scores" or steps <= 0:
+            return None  # only the score clips have keys
+        return TrainConfig(steps=steps, lr=1e-4, warmup=min(20, steps), seed=self.train.seed + 21,
+                           batch_size=self.train.batch_size)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        key = self.key_stage()
+        return {"clips": self.clips, "corpus": self.corpus, "train": asdict(self.train),
+                "key": None if key is None else asdict(key)}
+
+
+def train_key_stage(pipe: CrowdtunePipeline, images: torch.Tensor, records: list[dict],
+                    cfg: TrainConfig, progress: OnStep | None = None,
+                    cache_dir: Path | None = None) -> list[float]:
+    """Add the key prior to a trained tag-conditioned base and train it on corpus clips
+    (their `ClipInfo` records) tagged with each clip's own key (model.scores.excerpt_key;
+    the synthesiser's clips keep the tonic "any")."""
+    from model.scores import ClipInfo, excerpt_key
+
+    seconds = pipe.mel.config.window_seconds
+    tags = [{**r["tags"], **key_prior.key_tags(excerpt_key(ClipInfo(**r), seconds, cache_dir))}
+            for r in records]
+    pipe.add_key_prior(torch.Generator().manual_seed(cfg.seed))
+    return train_denoiser(pipe, images, cfg, progress=progress, tags=tags)
 
 
 def pretrain(out_dir: Path, cfg: PretrainConfig, progress: OnStep | None = None,
@@ -162,7 +193,14 @@ def pretrain(out_dir: Path, cfg: PretrainConfig, progress: OnStep | None = None,
     images, records = corpus_images(cfg.clips, cfg.train.seed, mel, cfg.corpus, cache_dir)
     tags = [r["tags"] for r in records] if cfg.corpus == "scores" else None
     pipe = make_builtin_pipeline(mel, seed=cfg.train.seed, tags=tags is not None)
-    losses = train_denoiser(pipe, images, cfg.train, progress=progress, tags=tags)
+    key = cfg.key_stage()
+    total = cfg.train.steps + (key.steps if key else 0)
+    losses = train_denoiser(pipe, images, cfg.train, tags=tags, progress=progress and (
+        lambda s, _n, loss: progress(s, total, loss)))
+    if key is not None:
+        losses = train_key_stage(pipe, images, records, key, cache_dir=cache_dir,
+                                 progress=progress and (lambda s, _n, loss: progress(
+                                     cfg.train.steps + s, total, loss)))
     report = {
         "recipe": cfg.to_dict(),
         "corpus_clips": len(records),

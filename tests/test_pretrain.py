@@ -62,6 +62,8 @@ def test_pretrain_trains_the_builtin_model_from_scratch(capsys, tmp_path, monkey
     base = tmp_path / "data" / "models" / "base"
     report = json.loads((base / "pretrain.json").read_text())
     assert report["recipe"]["train"]["steps"] == 2 and report["corpus_clips"] == 16
+    assert report["recipe"]["key"]["steps"] == 1  # the key stage: half the first's steps
     pipe = CrowdtunePipeline.from_pretrained(base)
     assert pipe.patch == (8, 4) and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.keyed and "tonic" in pipe.tag_vocab
     assert not [p for p in (tmp_path / "data" / "models").iterdir() if p.name.startswith(".")]

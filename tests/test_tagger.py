@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from model.tagger import (
     adherence,
     confusion_text,
     embed,
+    pitch_view,
     predict,
     probabilities,
     train_tagger,
@@ -65,6 +67,35 @@ def test_save_load_round_trip(trained, clips, tmp_path):
     assert predict(loaded, images[:32]) == predict(model, images[:32])
     a, b = probabilities(model, images[:8]), probabilities(loaded, images[:8])
     assert all(np.array_equal(a[f], b[f]) for f in FIELDS)
+
+
+def test_a_tagger_saved_without_the_pitch_view_still_loads(clips, tmp_path):
+    images, tags = clips
+    tiny = TaggerConfig(channels=(4, 8), embed_dim=16, epochs=1, batch_size=8, crop=64,
+                        pitch_fields=())
+    model, _ = train_tagger(images[:24], tags[:24], tiny)
+    model.save(tmp_path / "old")
+    meta_path = tmp_path / "old" / "tagger_config.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("pitch_fields", "pitch_channels", "pitch_shift"):  # the older format
+        del meta["config"][key]
+    meta_path.write_text(json.dumps(meta))
+    loaded = Tagger.load(tmp_path / "old")
+    assert loaded.pitch_fields == ()
+    assert predict(loaded, images[:8]) == predict(model, images[:8])
+
+
+def test_mode_is_heard_on_the_pitch_view(trained, clips):
+    model, _ = trained
+    images, _ = clips
+    assert model.pitch_fields == ("mode",)
+    # The same notes a semitone higher (the pitch view moved by 3 rows) give nearly the same
+    # features: the mode head hears intervals, not the key.
+    view = pitch_view(images[:16], model.resampler)
+    with torch.no_grad():
+        here, higher = model.pitch(view[..., 3:]), model.pitch(view[..., :-3])
+        other = model.pitch(pitch_view(images[16:32], model.resampler)[..., 3:])
+    assert (here - higher).norm() < 0.5 * (here - other).norm()
 
 
 def test_any_width_and_embedding(trained, clips):
