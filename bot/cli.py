@@ -313,13 +313,15 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
                           f"{report['final_loss']:.4f}")
     console.print(f"base model saved to {registry.base_dir}")
     _ensure_pool(settings, registry.base_dir)
-    _ensure_tagger(settings, retrain=args.train, clips=args.clips)
+    _ensure_tagger(settings, retrain=args.train, clips=args.clips, reinstall=args.force)
     return 0
 
 
-def _ensure_tagger(settings: Settings, retrain: bool, clips: int | None = None) -> None:
+def _ensure_tagger(settings: Settings, retrain: bool, clips: int | None = None,
+                   reinstall: bool = False) -> None:
     """The tagger (what a clip sounds like: instrument, mode, tempo, drums, style) beside the
-    base: the shipped one, or with --train trained on the starter corpus."""
+    base: the shipped one (installed when missing, or again with --force, so an upgrade
+    gets the tagger shipped with its base), or with --train trained on the starter corpus."""
     from model.tagger import install_shipped_tagger, train_on_corpus
 
     out = settings.models_dir / "tagger"
@@ -329,7 +331,7 @@ def _ensure_tagger(settings: Settings, retrain: bool, clips: int | None = None) 
                                              settings.pretrain_seed, settings.cache_dir)
             tagger.save(out)
         console.print(report.table())
-    elif not (out / "tagger_config.json").is_file():
+    elif reinstall or not (out / "tagger_config.json").is_file():
         install_shipped_tagger(out)
     console.print(f"tagger at {out}")
 

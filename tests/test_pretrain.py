@@ -51,6 +51,13 @@ def test_pretrain_installs_the_shipped_base_once(capsys, shipped, tmp_path, monk
     code, _, err = crowdtune(capsys, "pretrain")
     assert code == 0 and "already at" in err
     assert pool.stat().st_mtime_ns == built
+    # --force installs the shipped base again, and the tagger shipped with it.
+    stale = tmp_path / "data" / "models" / "tagger" / "stale"
+    stale.write_text("an older tagger")
+    code, _, err = crowdtune(capsys, "pretrain", "--force")
+    assert code == 0, err
+    assert not stale.exists()
+    assert (tmp_path / "data" / "models" / "tagger" / "tagger_config.json").is_file()
 
 
 @pytest.mark.slow
