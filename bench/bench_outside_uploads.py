@@ -12,6 +12,7 @@ voice programs) as uploads, no ratings (so replay is unguided), under several re
 for each candidate it prints, on `-n` clips at uniform tags and fixed seeds:
 - the feature Frechet distance to 64 other songs for voices (as the simulation's);
 - the mean probability the simulation's style detector gives them of being for voices.
+`--only 5 6 7` runs the recipes with the uploads' heard tags.
 ~3 min a recipe on 2 cores (full fine-tuning), setup ~1 min.
 """
 
@@ -39,13 +40,20 @@ from model.train import install_shipped_base
 
 PROBE_SEED = 7_700_000  # as the simulation's model-alone clips
 
-# (name, FinetuneSpec overrides)
+# (name, FinetuneSpec overrides). "untagged": the uploads trained under "any" only, as
+# before heard_tags (model/finetune.py); the rest under the tags the tagger hears.
 RECIPES: list[tuple[str, dict]] = [
+    ("the round's default: LoRA rank 4, uploads 10%, untagged",
+     {"lora_rank": 4, "lr": 1e-3, "hear_tags": False}),
+    ("LoRA rank 4, uploads 50%, untagged",
+     {"lora_rank": 4, "lr": 1e-3, "upload_share": 0.5, "hear_tags": False}),
+    ("full, uploads 10%, untagged", {"hear_tags": False}),
+    ("full, uploads 50%, untagged", {"upload_share": 0.5, "hear_tags": False}),
+    ("full, uploads only, untagged", {"upload_share": 1.0, "replay_clips": 0,
+                                      "hear_tags": False}),
     ("the round's default: LoRA rank 4, uploads 10%", {"lora_rank": 4, "lr": 1e-3}),
     ("LoRA rank 4, uploads 50%", {"lora_rank": 4, "lr": 1e-3, "upload_share": 0.5}),
-    ("full, uploads 10%", {}),
     ("full, uploads 50%", {"upload_share": 0.5}),
-    ("full, uploads only", {"upload_share": 1.0, "replay_clips": 0}),
 ]
 
 

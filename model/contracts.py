@@ -126,6 +126,9 @@ class FinetuneSpec(JsonFile):
     dpo_weight: float = 0.0
     dpo_min_pairs: int = 4
     windows_per_item: int = 4
+    # Uploads and library songs trained under the tags the tagger hears in them (model/
+    # finetune.py heard_tags); False: under "any" only.
+    hear_tags: bool = True
     # LoRA (model/lora.py): the rank of the adapter to train; 0: full fine-tuning.
     lora_rank: int = 0
     lora_alpha: float = 8.0
