@@ -34,7 +34,7 @@ from model.codec import MelConfig
 from model.features import extract, key_mode
 from model.key_prior import MODES
 from model.pipeline import CrowdtunePipeline
-from model.scores import ClipInfo, excerpt_key
+from model.scores import ClipInfo, excerpt_keys
 from model.tagger import Tagger, predict
 from model.train import PretrainConfig, corpus_images, train_denoiser, train_key_stage
 
@@ -54,7 +54,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = MelConfig()
     images, records = corpus_images(a.clips, 0, cfg, "scores", CACHE)
-    keys = [excerpt_key(ClipInfo(**r), cfg.window_seconds, CACHE) for r in records]
+    keys = excerpt_keys([ClipInfo(**r) for r in records], cfg.window_seconds, CACHE)
     keep = [i for i, k in enumerate(keys) if k]
     pieces = [records[i]["source"] for i in keep]
     names = sorted(set(pieces))

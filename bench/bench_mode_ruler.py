@@ -31,7 +31,7 @@ from torch import nn
 
 from model.codec import MelCodec, MelConfig
 from model.pipeline import GUIDANCE, CrowdtunePipeline
-from model.scores import ClipInfo, excerpt_key, score_corpus
+from model.scores import excerpt_keys, score_corpus
 from model.tagger import (
     ROWS_PER_SEMITONE,
     PitchFeatures,
@@ -42,12 +42,6 @@ from model.tagger import (
 )
 
 CACHE = Path("data/cache")
-
-
-def excerpt_mode(info: ClipInfo) -> str | None:
-    """The key mode of the score notes sounding in the clip's excerpt (None: no notes)."""
-    key = excerpt_key(info, MelConfig().window_seconds, CACHE)
-    return None if key is None else key[1]
 
 
 class ModeRuler(nn.Module):
@@ -100,8 +94,9 @@ def main() -> None:
     audio, infos = score_corpus(a.clips, 0, codec.config.window_seconds,
                                 codec.config.sample_rate, CACHE)
     keep, minor, pieces = [], [], []
-    for i, info in enumerate(infos):
-        mode = excerpt_mode(info) if "mode" in info.tags else None
+    keys = excerpt_keys(infos, codec.config.window_seconds, CACHE)
+    for i, (info, key) in enumerate(zip(infos, keys, strict=True)):
+        mode = key[1] if key and "mode" in info.tags else None
         if mode is not None:
             keep.append(i)
             minor.append(mode == "minor")

@@ -144,9 +144,10 @@ def heard_tags(pipe: CrowdtunePipeline, images: torch.Tensor, kinds: list[ItemKi
 
     todo = [i for i, (k, t) in enumerate(zip(kinds, tags, strict=True))
             if k != ItemKind.TRACK and not t]
+    if not todo:
+        return tags
     out = list(tags)
-    for i, heard in zip(todo, predict(listener.tagger, images[todo]) if todo else [],
-                        strict=True):
+    for i, heard in zip(todo, predict(listener.tagger, images[todo]), strict=True):
         out[i] = pipe.known_tags(heard)
     return out
 

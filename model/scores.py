@@ -972,15 +972,9 @@ def score_corpus(n: int, seed: int = 0, seconds: float = 5.0, sample_rate: int =
     return audio, infos
 
 
-def excerpt_profile(info: ClipInfo, seconds: float = 5.0,
-                    cache_dir: Path | None = None) -> np.ndarray | None:
+def _excerpt_profile(info: ClipInfo, piece: dict, seconds: float) -> np.ndarray | None:
     """Quarter notes per pitch class of the score notes sounding in the clip's excerpt of
-    `seconds`, before the render's transposition (None: no score or no notes)."""
-    if info.source == "synth":
-        return None
-    _, piece, _ = _load_one(info.source, Path(cache_dir) if cache_dir is not None else None)
-    if piece is None:
-        return None
+    `seconds`, before the render's transposition (None: no notes)."""
     sec_per_quarter = 60.0 / (info.bpm * float(piece["bars"][0][3]))
     length = float(piece["length"])  # the render loops the piece: so does the count
     q0 = info.offset_s / sec_per_quarter
@@ -996,18 +990,28 @@ def excerpt_profile(info: ClipInfo, seconds: float = 5.0,
     return profile if profile.any() else None
 
 
-def excerpt_key(info: ClipInfo, seconds: float = 5.0,
-                cache_dir: Path | None = None) -> tuple[int, str] | None:
-    """(tonic pitch class as rendered, mode) of the score notes sounding in the clip: its own
-    key, which the piece's key analysis (the mode tag) misses on ~27% of clips (excerpts
-    modulate or sit on the relative key). None for the synthesiser's clips."""
+def excerpt_keys(infos: Sequence[ClipInfo], seconds: float = 5.0,
+                 cache_dir: Path | None = None) -> list[tuple[int, str] | None]:
+    """Per clip, (tonic pitch class as rendered, mode) of the score notes sounding in it: its
+    own key, which the piece's key analysis (the mode tag) misses on ~27% of clips (excerpts
+    modulate or sit on the relative key). None for the synthesiser's clips and clips without
+    notes. Each score is loaded once (many clips share one)."""
     from model.features import find_key  # torch: only where keys are wanted
 
-    profile = excerpt_profile(info, seconds, cache_dir)
-    if profile is None:
-        return None
-    tonic, mode = find_key(profile)
-    return (tonic + info.transpose) % 12, mode
+    cache = Path(cache_dir) if cache_dir is not None else None
+    pieces: dict[str, dict | None] = {}
+    keys: list[tuple[int, str] | None] = []
+    for info in infos:
+        if info.source != "synth" and info.source not in pieces:
+            pieces[info.source] = _load_one(info.source, cache)[1]
+        piece = pieces.get(info.source)
+        profile = None if piece is None else _excerpt_profile(info, piece, seconds)
+        if profile is None:
+            keys.append(None)
+            continue
+        tonic, mode = find_key(profile)
+        keys.append(((tonic + info.transpose) % 12, mode))
+    return keys
 
 
 def render_sources(sources: Sequence[str | Path], seed: int = 0, seconds: float = 5.0,

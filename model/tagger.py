@@ -459,15 +459,15 @@ def train_on_corpus(clips: int, seed: int = 0, cache_dir: Path | None = None,
                     ) -> tuple[Tagger, TaggerReport]:
     """Train on `clips` starter-corpus clips (model/scores.py) as the codec encodes them; the
     held-out split keeps each tune's clips on one side."""
-    from model.scores import ClipInfo, excerpt_key
+    from model.scores import ClipInfo, excerpt_keys
     from model.train import corpus_images
 
     mel = MelConfig()
     images, records = corpus_images(clips, seed, mel, "scores", cache_dir)
-    tags = []
-    for r in records:  # mode: the clip's own key where its notes give one, not the piece's
-        key = excerpt_key(ClipInfo(**r), mel.window_seconds, cache_dir)
-        tags.append({**r["tags"], **({"mode": key[1]} if key else {})})
+    keys = excerpt_keys([ClipInfo(**r) for r in records], mel.window_seconds, cache_dir)
+    # mode: the clip's own key where its notes give one, not the piece's
+    tags = [{**r["tags"], **({"mode": k[1]} if k else {})}
+            for r, k in zip(records, keys, strict=True)]
     return train_tagger(images, tags, cfg, progress, groups=[r["source"] for r in records])
 
 

@@ -174,13 +174,13 @@ def train_key_stage(pipe: CrowdtunePipeline, images: torch.Tensor, records: list
                     cfg: TrainConfig, progress: OnStep | None = None,
                     cache_dir: Path | None = None) -> list[float]:
     """Add the key prior to a trained tag-conditioned base and train it on corpus clips
-    (their `ClipInfo` records) tagged with each clip's own key (model.scores.excerpt_key;
+    (their `ClipInfo` records) tagged with each clip's own key (model.scores.excerpt_keys;
     the synthesiser's clips keep the tonic "any")."""
-    from model.scores import ClipInfo, excerpt_key
+    from model.scores import ClipInfo, excerpt_keys
 
-    seconds = pipe.mel.config.window_seconds
-    tags = [{**r["tags"], **key_prior.key_tags(excerpt_key(ClipInfo(**r), seconds, cache_dir))}
-            for r in records]
+    keys = excerpt_keys([ClipInfo(**r) for r in records], pipe.mel.config.window_seconds,
+                        cache_dir)
+    tags = [{**r["tags"], **key_prior.key_tags(k)} for r, k in zip(records, keys, strict=True)]
     pipe.add_key_prior(torch.Generator().manual_seed(cfg.seed))
     return train_denoiser(pipe, images, cfg, progress=progress, tags=tags)
 
