@@ -9,7 +9,9 @@ the songs for voices while the tag policy moved the served tracks. This bench is
 fine-tuning: the shipped base is fine-tuned through `model.finetune.finetune` on `--uploads`
 20-s songs for voices (bot/experiment/ear.py `outside_clips`: corpus tunes on GM choir and
 voice programs) as uploads, no ratings (so replay is unguided), under several recipes, and
-for each candidate it prints, on `-n` clips at uniform tags and fixed seeds:
+for each candidate it prints, on `-n` clips at fixed seeds, asked for uniform tags (as the
+simulation's model-alone probe) and asked for the tags the tagger hears in the uploads (the
+model asked, in its own words, for what the members sang):
 - the feature Frechet distance to 64 other songs for voices (as the simulation's);
 - the mean probability the simulation's style detector gives them of being for voices.
 `--only 5 6 7` runs the recipes with the uploads' heard tags.
@@ -32,9 +34,10 @@ from bot.experiment.ear import OUTSIDE_SEED, hear, load_ear, load_style_detector
 from model.contracts import FinetuneSpec, ItemKind, TrainItem
 from model.features import extract, frechet_distance
 from model.files import write_wav
-from model.finetune import finetune
+from model.finetune import finetune, load_audio
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
+from model.tagger import SHIPPED_TAGGER, Tagger, predict
 from model.tags import GUIDANCE, uniform
 from model.train import install_shipped_base
 
@@ -57,11 +60,15 @@ RECIPES: list[tuple[str, dict]] = [
 ]
 
 
-def probe(pipe: CrowdtunePipeline, n: int) -> list[np.ndarray]:
+def probe(pipe: CrowdtunePipeline, n: int, asked: list[dict[str, str]] | None = None
+          ) -> list[np.ndarray]:
+    """n clips at fixed seeds: uniform tags, or the `asked` tag sets in turn."""
     out: list[np.ndarray] = []
     for start in range(0, n, 8):
         seeds = range(PROBE_SEED + start, PROBE_SEED + min(n, start + 8))
-        out += pipe(batch_size=len(seeds), tags=[uniform(random.Random(s)) for s in seeds],
+        tags = [uniform(random.Random(s)) if asked is None else asked[s % len(asked)]
+                for s in seeds]
+        out += pipe(batch_size=len(seeds), tags=tags,
                     generator=torch.Generator().manual_seed(PROBE_SEED + start),
                     guidance=GUIDANCE).audios
     return out
@@ -92,18 +99,27 @@ def main() -> None:
             items.append(TrainItem(key=f"upload:{i}", path=str(path), weight=1.0,
                                    kind=ItemKind.UPLOAD))
 
+        base = CrowdtunePipeline.from_pretrained(parent_dir)
+        sang = [base.mel.encode_windows(torch.from_numpy(load_audio(it.path, 16000)))[:1]
+                for it in items]
+        heard = [base.known_tags(t) for t in predict(Tagger.load(SHIPPED_TAGGER),
+                                                     torch.cat(sang))]
+
         def judge(pipe: CrowdtunePipeline) -> str:
-            audio = probe(pipe, a.n)
-            fd = frechet_distance(np.stack([extract(x, 16000).vector() for x in audio]), voices)
-            p = detector.prob([hear(x) for x in audio])
-            return f"{fd:.1f} | {p.mean():.3f}"
+            cells = []
+            for asked in (None, heard):
+                audio = probe(pipe, a.n, asked)
+                vecs = np.stack([extract(x, 16000).vector() for x in audio])
+                p = detector.prob([hear(x) for x in audio])
+                cells += [f"{frechet_distance(vecs, voices):.1f}", f"{p.mean():.3f}"]
+            return " | ".join(cells)
 
         print(f"{a.uploads} uploads of 20 s, {a.steps} steps, {a.n} probe clips; setup "
               f"{time.perf_counter() - t0:.0f} s")
-        print("| recipe | distance to the voices | P(voices) | train s |")
-        print("|---|---|---|---|")
-        print(f"| the base | {judge(CrowdtunePipeline.from_pretrained(parent_dir))} | - |",
-              flush=True)
+        print("| recipe | distance to the voices, uniform tags | P(voices) | distance, heard "
+              "tags | P(voices) | train s |")
+        print("|---|---|---|---|---|---|")
+        print(f"| the base | {judge(base)} | - |", flush=True)
         for k, (name, over) in enumerate(RECIPES):
             if a.only and str(k) not in a.only:
                 continue

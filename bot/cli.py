@@ -305,9 +305,12 @@ def cmd_pretrain(settings: Settings, args: argparse.Namespace) -> int:
                                   seed=settings.pretrain_seed),
             )
             with progress_bar() as bar:
-                task = bar.add_task("pretraining", total=cfg.train.steps, info="")
+                # Rendering the corpus comes first and reports no steps: say so until then.
+                task = bar.add_task("rendering the starter corpus", total=cfg.train.steps,
+                                    info="")
                 report = pretrain(tmp, cfg, progress=lambda s, total, loss: bar.update(
-                    task, completed=s, total=total, info=f"loss {loss:.3f}"),
+                    task, completed=s, total=total, info=f"loss {loss:.3f}",
+                    description="pretraining" if s <= cfg.train.steps else "key stage"),
                     cache_dir=settings.cache_dir)
             console.print(f"pretrained in {report['seconds']} s, final loss "
                           f"{report['final_loss']:.4f}")

@@ -27,7 +27,7 @@ from model.features import extract
 from model.files import atomic_path
 from model.lora import full_model_dir
 from model.reward_model import Heard, Listener, listener_codec, reward_vector
-from model.train import corpus_images
+from model.train import corpus_images, keyed_tags
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class CorpusPool:
     images: torch.Tensor  # (n, 1, y_res, x_res) mel images
     vectors: np.ndarray  # (n, d) spectral reward vectors of their codec round trip
-    tags: list[dict[str, str]]  # each clip's tags ({} for the synthesiser-only corpus)
+    tags: list[dict[str, str]]  # each clip's tags and key ({} for the synthesiser's corpus)
     round_trip: torch.Tensor  # the round trip's audio as the reward model hears it
 
     def heard(self, listener: Listener) -> Heard:
@@ -54,14 +54,16 @@ def pool_corpus(model_dir: Path) -> str:
 def _build(n: int, seed: int, mel: MelConfig, corpus: str, cache_dir: Path | None
            ) -> CorpusPool:
     images, records = corpus_images(n, seed, mel, corpus, cache_dir)
+    # The clips' own keys, so a keyed model rehearses them with its key prior as it plays.
+    tags = keyed_tags(records, mel.window_seconds, cache_dir) if corpus == "scores" else \
+        [{} for _ in records]
     codec, heard_by = MelCodec(mel), listener_codec()
     vectors, round_trip = [], []
     for start in range(0, n, 32):
         audio = codec.decode(images[start:start + 32])
         vectors += [reward_vector(extract(a, mel.sample_rate)) for a in audio.numpy()]
         round_trip += [heard_by.encode_windows(a)[:1] for a in audio]
-    return CorpusPool(images, np.stack(vectors), [r.get("tags", {}) for r in records],
-                      torch.cat(round_trip))
+    return CorpusPool(images, np.stack(vectors), tags, torch.cat(round_trip))
 
 
 def load_pool(n: int, seed: int = POOL_SEED, mel: MelConfig | None = None,
@@ -72,7 +74,8 @@ def load_pool(n: int, seed: int = POOL_SEED, mel: MelConfig | None = None,
     if cache_dir is None:
         return _build(n, seed, mel, corpus, None)
     key = hashlib.sha1(json.dumps([asdict(mel), corpus], sort_keys=True).encode()).hexdigest()
-    path = Path(cache_dir) / f"pool2-{corpus}-{n}-{seed}-{key[:10]}.npz"  # 2: with round_trip
+    # 3: tags with each clip's key (2: with round_trip)
+    path = Path(cache_dir) / f"pool3-{corpus}-{n}-{seed}-{key[:10]}.npz"
     if path.is_file():
         try:
             data = np.load(path)

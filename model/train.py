@@ -170,17 +170,24 @@ class PretrainConfig:
                 "key": None if key is None else asdict(key)}
 
 
+def keyed_tags(records: list[dict], seconds: float, cache_dir: Path | None = None
+               ) -> list[dict[str, str]]:
+    """Corpus clips' tags (their `ClipInfo` records) with each clip's own key: the mode and
+    tonic of the notes sounding in it (model.scores.excerpt_keys), as the key prior learnt
+    them; the synthesiser's clips and clips without notes keep their tags."""
+    from model.scores import ClipInfo, excerpt_keys
+
+    keys = excerpt_keys([ClipInfo(**r) for r in records], seconds, cache_dir)
+    return [{**r["tags"], **key_prior.key_tags(k)} for r, k in zip(records, keys, strict=True)]
+
+
 def train_key_stage(pipe: CrowdtunePipeline, images: torch.Tensor, records: list[dict],
                     cfg: TrainConfig, progress: OnStep | None = None,
                     cache_dir: Path | None = None) -> list[float]:
     """Add the key prior to a trained tag-conditioned base and train it on corpus clips
     (their `ClipInfo` records) tagged with each clip's own key (model.scores.excerpt_keys;
     the synthesiser's clips keep the tonic "any")."""
-    from model.scores import ClipInfo, excerpt_keys
-
-    keys = excerpt_keys([ClipInfo(**r) for r in records], pipe.mel.config.window_seconds,
-                        cache_dir)
-    tags = [{**r["tags"], **key_prior.key_tags(k)} for r, k in zip(records, keys, strict=True)]
+    tags = keyed_tags(records, pipe.mel.config.window_seconds, cache_dir)
     pipe.add_key_prior(torch.Generator().manual_seed(cfg.seed))
     return train_denoiser(pipe, images, cfg, progress=progress, tags=tags)
 

@@ -20,6 +20,7 @@ from model.finetune import (
     load_listener,
     replay_probs,
 )
+from model.key_prior import KEY_FIELD, MODES, TONICS
 from model.reward_model import TAG_COLUMNS, Heard, RewardModel, reward_vector
 from model.tags import VOCAB
 from model.train import make_builtin_pipeline
@@ -135,11 +136,14 @@ def test_draw_probs_gives_each_group_its_share():
 
 def test_pool_is_cached_and_a_torn_cache_is_rebuilt(tmp_path):
     pool = load_pool(8, 3, TINY_MEL, tmp_path)
-    (cached,) = tmp_path.glob("pool2-scores-8-3-*.npz")
+    (cached,) = tmp_path.glob("pool3-scores-8-3-*.npz")
     again = load_pool(8, 3, TINY_MEL, tmp_path)
     assert torch.allclose(again.images, pool.images, atol=1e-2)  # stored as float16
     assert np.allclose(again.vectors, pool.vectors)
     assert torch.allclose(again.round_trip, pool.round_trip, atol=1e-2)
+    assert again.tags == pool.tags
+    # Each clip is rehearsed in its own key, as a keyed model's prior learnt it.
+    assert any(t.get(KEY_FIELD) in TONICS and t["mode"] in MODES for t in pool.tags)
     cached.write_bytes(b"torn")
     rebuilt = load_pool(8, 3, TINY_MEL, tmp_path)
     assert np.allclose(rebuilt.vectors, pool.vectors)

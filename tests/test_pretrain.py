@@ -46,7 +46,7 @@ def test_pretrain_installs_the_shipped_base_once(capsys, shipped, tmp_path, monk
     assert "installing the shipped base" in said and "--steps 7 --clips 5`" in said
     assert (tmp_path / "data" / "models" / "base" / "model_index.json").is_file()
     # The corpus pool that fine-tuning rehearses is built once, with the base.
-    (pool,) = (tmp_path / "data" / "cache").glob("pool2-*-16-*.npz")
+    (pool,) = (tmp_path / "data" / "cache").glob("pool3-*-16-*.npz")
     built = pool.stat().st_mtime_ns
     code, _, err = crowdtune(capsys, "pretrain")
     assert code == 0 and "already at" in err
