@@ -19,6 +19,7 @@ from rich.table import Table
 from bot.core.config import BotSettings, Settings, load_settings
 from bot.core.errors import UserFacingError
 from bot.core.ids import is_valid_id
+from bot.core.prompt import describe
 from model import tags as tagvocab
 from model.files import atomic_dir
 from model.registry import CheckpointError, ModelRegistry, RegistryError
@@ -455,10 +456,11 @@ async def _uploads(settings: BotSettings, args: argparse.Namespace) -> int:
             print(json.dumps({"upload_id": r.id, "member_id": r.member_id,
                               "original_name": r.original_name, "format": r.format,
                               "duration_s": r.duration_s, "sha256": r.sha256,
-                              "created_at": r.created_at}))
+                              "created_at": r.created_at, "tags": r.tags}))
         else:
+            heard = f"; sounds like: {describe(r.tags)}" if r.tags else ""
             print(f"#{r.id} {r.original_name} ({r.duration_s:.1f} s, {r.format}) "
-                  f"from {r.member_id}")
+                  f"from {r.member_id}{heard}")
     return 0
 
 

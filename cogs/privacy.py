@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from bot.adapter import checks
 from bot.adapter.client import GENERIC_ERROR, CrowdtuneBot, reply_privately
+from bot.core.prompt import describe
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ class Privacy(commands.Cog):
         for r in reversed(rows[-20:]):
             minutes, seconds = divmod(round(r.duration_s), 60)
             who = f"<@{r.member_id}>" if r.member_id.isdigit() else r.member_id
+            heard = f", sounds like {describe(r.tags)}" if r.tags else ""
             lines.append(f"**#{r.id}** {discord.utils.escape_markdown(r.original_name)} "
-                         f"({minutes}:{seconds:02d}) from {who}")
+                         f"({minutes}:{seconds:02d}) from {who}{heard}")
         more = f"\n…and {len(rows) - 20} older" if len(rows) > 20 else ""
         await interaction.response.send_message(
             "\n".join(lines)[:1900] + more + "\nRemove one with /uploads remove.",

@@ -239,6 +239,9 @@ class TrainResult(DataEvent):
     EVENT: ClassVar[str] = "done"
     final_loss: float
     seconds: float
+    # What the tagger heard in each upload (by item key): the bot keeps it as evidence for
+    # the guild's taste over tags (bot/core/tag_policy.py).
+    heard: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ import copy
 import logging
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -149,6 +150,18 @@ def heard_tags(pipe: CrowdtunePipeline, images: torch.Tensor, kinds: list[ItemKi
     out = list(tags)
     for i, heard in zip(todo, predict(listener.tagger, images[todo]), strict=True):
         out[i] = pipe.known_tags(heard)
+    return out
+
+
+def heard_uploads(items: list[TrainItem], index: dict[str, list[int]],
+                  tags: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Per upload whose windows were heard: per field, the value most of its windows got."""
+    out = {}
+    for it in items:
+        wins = [tags[i] for i in index.get(it.key, ())]
+        if it.kind == ItemKind.UPLOAD and wins and all(wins):
+            out[it.key] = {f: Counter(w[f] for w in wins if f in w).most_common(1)[0][0]
+                           for f in wins[0]}
     return out
 
 
@@ -330,6 +343,7 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
     listener = load_listener(spec.tagger_dir)
     if spec.hear_tags:
         tags = heard_tags(pipe, images, kinds, tags, listener)
+    heard = heard_uploads(spec.items, index, tags)
     model, guide = fit_guide(spec.rated, spec, listener)
     trusted = model if guide.guided else None
     replay = None
@@ -394,7 +408,7 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
         else:
             save_adapter(pipe.unet, adapter, tmp)
     result = TrainResult(**asdict(data), final_loss=round(float(np.mean(losses[-10:])), 4),
-                         seconds=round(time.perf_counter() - start, 1))
+                         seconds=round(time.perf_counter() - start, 1), heard=heard)
     report(result)
     return result
 

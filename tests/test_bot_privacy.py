@@ -90,6 +90,8 @@ async def test_moderators_list_and_remove_uploads(fake_discord: FakeDiscord, tmp
     async with bot_env(emu, tmp_path, base=False) as env:
         await seed_data(env, tmp_path)
         first, second = await env.services.store.uploads(str(emu.ids.guild))
+        await env.services.store.set_upload_tags(first.id, {"instrument": "strings",
+                                                            "mode": "minor", "drums": "no"})
 
         async def ask(options: list, user_id: int) -> str:
             payload = await env.command("uploads", options, user_id=user_id)
@@ -100,7 +102,8 @@ async def test_moderators_list_and_remove_uploads(fake_discord: FakeDiscord, tmp
         listing = await ask([subcommand("list")], emu.ids.alice)  # alice moderates
         assert listing.splitlines()[:2] == [
             f"**#{second.id}** {second.original_name} (0:11) from <@{emu.ids.carol}>",
-            f"**#{first.id}** {first.original_name} (0:11) from <@{emu.ids.alice}>"]
+            f"**#{first.id}** {first.original_name} (0:11) from <@{emu.ids.alice}>, "
+            "sounds like minor, strings, no drums"]  # what a round heard in it
         text = await ask([subcommand("remove", [option("upload", second.id)])],
                          emu.ids.carol)  # a member may not
         assert text.startswith("Only moderators can use this")

@@ -16,6 +16,7 @@ from model.finetune import (
     draw_probs,
     fit_guide,
     heard_tags,
+    heard_uploads,
     library_weights,
     load_listener,
     replay_probs,
@@ -264,3 +265,16 @@ def test_uploads_are_trained_under_the_tags_the_tagger_hears(strings_taste, list
     assert heard_tags(other, pool.images[:4], kinds, tags, listener) == tags
     tiny = make_builtin_pipeline(TINY_MEL, channels=(8, 16), layers_per_block=1)
     assert heard_tags(tiny, pool.images[:4], kinds, tags, listener) == tags
+
+
+def test_what_was_heard_in_each_upload_is_its_windows_majority():
+    items = [TrainItem(key="track:1", path="t", weight=1.0, kind=ItemKind.TRACK),
+             TrainItem(key="upload:7", path="u", weight=1.0, kind=ItemKind.UPLOAD),
+             TrainItem(key="upload:8", path="v", weight=1.0, kind=ItemKind.UPLOAD),
+             TrainItem(key="upload:9", path="gone", weight=1.0, kind=ItemKind.UPLOAD)]
+    index = {"track:1": [0], "upload:7": [1, 2, 3], "upload:8": [4]}
+    tags = [{"mode": "minor"}, {"instrument": "piano", "mode": "minor"},
+            {"instrument": "organ", "mode": "major"}, {"instrument": "piano", "mode": "major"},
+            {}]  # upload 8 was not heard (a model without tags)
+    assert heard_uploads(items, index, tags) == {
+        "upload:7": {"instrument": "piano", "mode": "major"}}

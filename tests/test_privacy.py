@@ -171,6 +171,7 @@ def test_cli_uploads_forget_and_export(capsys, settings, songs, tmp_path, monkey
     code, out, err = crowdtune(capsys, *base, "uploads", "list", "--guild", "g1", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [r["member_id"] for r in rows] == [ALICE, ALICE, BOB]
+    assert [r["tags"] for r in rows] == [None] * 3  # no round has heard them yet
     code, out, err = crowdtune(capsys, *base, "uploads", "remove", "--guild", "g1",
                                str(rows[2]["upload_id"]))
     assert code == 0 and "removed upload #3" in out

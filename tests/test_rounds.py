@@ -1,5 +1,6 @@
 """The weekly round end to end on a tiny model: real child processes, real SQLite."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -224,6 +225,36 @@ async def test_library_songs_join_the_replay_and_corpus_replay_can_be_off(env, t
     assert data.replay == 0  # no starter corpus
     # The kept rated tracks' windows, and 4 windows (the most per item) of each song.
     assert data.windows >= summary.counts["train_tracks"] + 2 * 4
+
+
+async def test_what_a_round_heard_in_the_uploads_is_kept_with_them(env, tmp_path):
+    """The fine-tune reports the tags it heard in each upload (model/finetune.py; the tiny
+    base's codec is not the tagger's, so the report is filled in here); the round keeps
+    them on the uploads, for the guild's tag policy, and out of its own record."""
+    settings, store, registry, tracks, rounds = env
+    song = tmp_path / "song.ogg"
+    t = np.arange(8 * 16000) / 16000
+    encode((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000, song, "ogg")
+    upload, _ = await store.add_upload(GUILD, "m0", "abc", str(song), "song.ogg", "ogg", 8.0)
+    await rate(store, tracks, 10, 3)
+    heard = {"instrument": "strings", "mode": "minor", "tempo": "slow", "drums": "no",
+             "style": "folk"}
+    run_model = rounds.compute.run_model
+
+    async def hearing(module, *args, **kwargs):
+        result = await run_model(module, *args, **kwargs)
+        if isinstance(result, TrainResult):
+            assert f"upload:{upload.id}" not in result.heard  # the tiny codec: not heard
+            result = dataclasses.replace(result, heard={f"upload:{upload.id}": heard})
+        return result
+
+    rounds.compute.run_model = hearing
+    summary = await rounds.run_round(GUILD)
+    assert summary.status == "succeeded", summary.reason
+    assert [u.tags for u in await store.uploads(GUILD)] == [heard]
+    assert summary.metrics.train.heard == {}
+    policy = await tracks.tag_policy(GUILD)
+    assert policy.uploads == 1 and policy.rated == 10
 
 
 async def test_rounds_due_together_wait_their_turn(tmp_path):

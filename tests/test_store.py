@@ -31,10 +31,10 @@ def tables(path: Path) -> set[str]:
 async def test_migrates_an_empty_database_and_reopens_idempotently(tmp_path):
     path = tmp_path / "db.sqlite3"
     async with await Store.open(path) as s:
-        assert await s.schema_version() == len(MIGRATIONS) == 5
+        assert await s.schema_version() == len(MIGRATIONS) == 6
     assert {"votes", "listens", "uploads", "rounds", "tracks", "forgotten"} <= tables(path)
     async with await Store.open(path) as s:  # nothing left to run
-        assert await s.schema_version() == 5
+        assert await s.schema_version() == 6
 
 
 async def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
@@ -154,6 +154,12 @@ async def test_upload_dedupe_by_guild_and_sha(store):
     await store.set_upload_file(first.id, "/elsewhere/abc.wav")
     assert (await store.upload_by_sha("g", "abc")).file == "/elsewhere/abc.wav"
     assert await store.uploads("g", since=first.created_at + 3600) == []
+    # What the tagger heard in it: none until a round hears it, then kept as a JSON object.
+    assert first.tags is None
+    heard = {"instrument": "strings", "mode": "minor"}
+    await store.set_upload_tags(first.id, heard)
+    assert [u.tags for u in await store.uploads("g")] == [heard]
+    assert (await store.get_upload("g", first.id)).tags == heard
 
 
 async def test_round_lifecycle(store):

@@ -10,6 +10,7 @@ import pytest
 from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.feedback import FeedbackService
+from bot.core.rewards import Vote
 from bot.core.store import ModelVersionRow, Store
 from bot.core.tag_policy import PolicyConfig, TagPolicy, taste_lines
 from bot.core.tracks import TrackService
@@ -57,6 +58,33 @@ def test_without_ratings_every_value_is_as_likely():
     for field, values in tagvocab.VOCAB.items():
         for value in values:
             assert prefs[field][value] == pytest.approx(1 / len(values), abs=0.03), (field, value)
+
+
+def test_members_songs_count_toward_the_values_heard_in_them():
+    heard = {**tagvocab.uniform(random.Random(0)), "instrument": "strings", "style": "folk"}
+    songs = [heard] * 12 + [{"instrument": "strings"}]  # the last was not heard in full
+    cold = TagPolicy.from_votes([], [], {}, uploads=songs)
+    assert cold.learnt and cold.rated == 0 and cold.uploads == 12
+    assert cold.explore == pytest.approx(PolicyConfig().explore)  # shrinks with ratings only
+    prefs = cold.preferences(draws=4000)
+    for field, value in (("instrument", "strings"), ("style", "folk")):
+        shares = prefs[field]
+        assert max(shares, key=shares.get) == value and shares[value] > 3 / len(shares)
+    guidance = prefs["guidance"]  # songs say nothing about how closely to follow tags
+    assert max(guidance.values()) < 0.6
+    assert "12 members' songs" in "\n".join(taste_lines(cold))
+    # Ratings outweigh the songs as they come: a server that rates piano up and strings down.
+    rng = random.Random(3)
+    votes, tags = [], {}
+    for t in range(150):
+        tags[t] = tagvocab.uniform(rng)
+        stars = 5 if tags[t]["instrument"] == "piano" else \
+            1 if tags[t]["instrument"] == "strings" else 3
+        votes += [Vote(t, m, stars) for m in range(4)]
+    rated = TagPolicy.from_votes(votes, [], tags, uploads=songs)
+    assert rated.rated == 150 and rated.uploads == 12
+    instruments = rated.preferences(draws=4000)["instrument"]
+    assert max(instruments, key=instruments.get) == "piano" and instruments["strings"] < 0.1
 
 
 def test_draws_are_reproducible_from_the_seed_and_valid():

@@ -29,7 +29,8 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bot.core.clock import Clock, system_clock
@@ -199,16 +200,18 @@ def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: S
     rated_rows += [RatedFile(path=u.file, reward=rewards_cfg.upload_reward) for u in uploads]
     counts["reward_model_tracks"] = len(past)
     return TrainingSet(items=items, pairs=pairs, liked=liked, counts=counts, rated=rated_rows,
-                       eval_tags=eval_tags(history or feedback, settings))
+                       eval_tags=eval_tags(history or feedback, settings,
+                                           [u.tags for u in uploads if u.tags]))
 
 
-def eval_tags(feedback: list[TrackFeedback], settings: Settings
+def eval_tags(feedback: list[TrackFeedback], settings: Settings,
+              songs: Sequence[Mapping[str, str]] = ()
               ) -> list[tuple[dict[str, str], float]] | None:
     """The tags evaluation makes its clips with, and their guidance: draws from the guild's
-    tag policy, so the candidate is judged on what it will be asked for; None (uniform)
-    when it has none."""
-    policy = TagPolicy.for_guild(feedback, settings)
-    if not settings.tag_policy or policy.rated == 0:
+    tag policy (its tracks' rewards and the tags heard in its uploads, `songs`), so the
+    candidate is judged on what it will be asked for; None (uniform) when it has none."""
+    policy = TagPolicy.for_guild(feedback, settings, songs)
+    if not settings.tag_policy or not policy.learnt:
         return None
     return [policy.serve(random.Random(i)) for i in range(settings.eval_clips)]
 
@@ -385,6 +388,11 @@ class RoundService:
         trained = await self.compute.run_model("model.finetune", work / "finetune.json",
                                   work / "finetune.log", s.round_timeout_s, seen,
                                   done=TrainResult)
+        for key, tags in trained.heard.items():  # the guild's taste learns from them
+            kind, _, upload_id = key.partition(":")
+            if kind == "upload":
+                await self.store.set_upload_tags(int(upload_id), tags)
+        trained = replace(trained, heard={})  # kept with the uploads, not in every record
         info = await asyncio.to_thread(
             self.registry.add_version, guild, work / "candidate", champion.version,
             "finetune", f"round {summary.round_id}", {"train": asdict(trained)})

@@ -132,6 +132,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tracks ADD COLUMN guidance REAL;
     """,
+    # 6: the tags the tagger hears in an upload (a JSON object, set by the first round that
+    # trains on it; NULL until then): evidence for the guild's taste over tags.
+    """
+    ALTER TABLE uploads ADD COLUMN tags TEXT;
+    """,
 ]
 
 
@@ -207,6 +212,12 @@ class UploadRow:
     format: str
     duration_s: float
     created_at: float
+    tags: Mapping[str, str] | None = None  # what the tagger heard in it; None: not yet
+
+
+def _upload(row: aiosqlite.Row) -> UploadRow:
+    d = dict(row)
+    return UploadRow(**{**d, "tags": json.loads(d["tags"]) if d.get("tags") else None})
 
 
 @dataclass(frozen=True)
@@ -587,7 +598,13 @@ class Store:
             "SELECT * FROM uploads WHERE guild_id = ? AND sha256 = ?", (str(guild_id), sha256)
         ) as cur:
             row = await cur.fetchone()
-        return UploadRow(**dict(row)) if row else None
+        return _upload(row) if row else None
+
+    async def set_upload_tags(self, upload_id: int, tags: Mapping[str, str]) -> None:
+        """Record what the tagger heard in an upload (once heard, the same audio stays)."""
+        await self.db.execute("UPDATE uploads SET tags = ? WHERE id = ?",
+                              (json.dumps(dict(tags)), upload_id))
+        await self._commit()
 
     async def set_upload_file(self, upload_id: int, file: str) -> None:
         await self.db.execute("UPDATE uploads SET file = ? WHERE id = ?", (file, upload_id))
@@ -599,14 +616,14 @@ class Store:
             "SELECT * FROM uploads WHERE guild_id = ? AND (? IS NULL OR created_at >= ?) "
             "ORDER BY id", (str(guild_id), since, since),
         ) as cur:
-            return [UploadRow(**dict(r)) for r in await cur.fetchall()]
+            return [_upload(r) for r in await cur.fetchall()]
 
     async def get_upload(self, guild_id: str, upload_id: int) -> UploadRow | None:
         async with self.db.execute(
             "SELECT * FROM uploads WHERE guild_id = ? AND id = ?", (str(guild_id), upload_id)
         ) as cur:
             row = await cur.fetchone()
-        return UploadRow(**dict(row)) if row else None
+        return _upload(row) if row else None
 
     async def delete_upload(self, guild_id: str, upload_id: int) -> UploadRow | None:
         """Remove one upload's row (the caller deletes its file); None if there is none."""
@@ -631,7 +648,7 @@ class Store:
         async with self.db.execute(
             "SELECT * FROM uploads WHERE guild_id = ? AND member_id = ? ORDER BY id", (g, m)
         ) as cur:
-            uploads = tuple(UploadRow(**dict(r)) for r in await cur.fetchall())
+            uploads = tuple(_upload(r) for r in await cur.fetchall())
         await self.db.execute("DELETE FROM uploads WHERE guild_id = ? AND member_id = ?", (g, m))
         await self.db.execute(
             "INSERT INTO forgotten (guild_id, member_id, forgotten_at) VALUES (?, ?, ?) "
@@ -683,10 +700,8 @@ class Store:
             async with self.db.execute(sql, params) as cur:
                 async for r in cur:
                     row = dict(r)
-                    if kind == "track":
+                    if kind in ("track", "upload"):
                         row["tags"] = json.loads(row["tags"]) if row["tags"] else None
-                        row.pop("file")
-                    elif kind == "upload":
                         row.pop("file")
                     yield kind, row
 

@@ -45,6 +45,13 @@ the favourites leaves the worse-off camp better off (posterior means, by a margi
 camps take turns: each draw serves one camp, picked by a coin, on every such field.
 Members who voted too little to place count in both groups.
 
+Members' songs. An upload is a member saying "this is what I like", so what the tagger
+heard in it (recorded by the first round that trains on it) counts toward its values like
+a track rated `upload_reward` (the reward model takes uploads at the same value). A server
+whose members share songs is served their instruments and moods before anyone rates a
+track, and ratings outweigh the songs as they accumulate. Uploads say nothing about
+guidance, and the exploration floor shrinks with rated tracks only.
+
 The baseline arm never uses this (TrackService): it keeps uniform tags, so each round's
 gain is measured against where the guild started.
 """
@@ -121,11 +128,12 @@ class Camps:
 
 class TagPolicy:
     def __init__(self, beliefs: Beliefs | Sequence[Beliefs], cfg: PolicyConfig = PolicyConfig(),
-                 camps: Camps | None = None) -> None:
+                 camps: Camps | None = None, uploads: int = 0) -> None:
         # One set of posteriors, or one per camp (a draw takes the lower of their samples).
         self.groups: list[Beliefs] = [beliefs] if isinstance(beliefs, Mapping) else list(beliefs)
         self.cfg = cfg
         self.camps = camps
+        self.uploads = uploads  # members' songs among the evidence (module doc)
         self.turns = {f for f in (camps.conflicts if camps else {}) if self._take_turns(f)}
         self.explore = self._explore()
 
@@ -172,53 +180,70 @@ class TagPolicy:
     @classmethod
     def from_feedback(cls, feedback: Iterable[TrackFeedback],
                       rewards_cfg: RewardSettings = DEFAULT_SETTINGS,
-                      cfg: PolicyConfig = PolicyConfig()) -> TagPolicy:
+                      cfg: PolicyConfig = PolicyConfig(),
+                      uploads: Sequence[Mapping[str, str]] = ()) -> TagPolicy:
         """From a guild's tracks and their votes and listening (tracks made without tags
-        say nothing about tags and are left out), split into camps where members conflict."""
+        say nothing about tags and are left out), split into camps where members conflict,
+        and the tags heard in its members' uploads (module doc)."""
         feedback = [f for f in feedback if f.track.tags]
         votes = [Vote(v.track_id, v.member_id, v.stars) for f in feedback for v in f.votes]
         listens = [Listen(li.track_id, li.member_id, li.listened_s, li.duration_s,
                           li.present_at_start) for f in feedback for li in f.listens]
         tags = {f.track.id: with_guidance(f.track.tags or {}, f.track.guidance)
                 for f in feedback}
-        return cls.from_votes(votes, listens, tags, rewards_cfg, cfg)
+        return cls.from_votes(votes, listens, tags, rewards_cfg, cfg, uploads)
 
     @classmethod
     def from_votes(cls, votes: Sequence[Vote], listens: Sequence[Listen],
                    tags: Mapping[int, Mapping[str, str]],
                    rewards_cfg: RewardSettings = DEFAULT_SETTINGS,
-                   cfg: PolicyConfig = PolicyConfig()) -> TagPolicy:
-        """From votes and listening on tracks made with `tags` (by track id)."""
+                   cfg: PolicyConfig = PolicyConfig(),
+                   uploads: Sequence[Mapping[str, str]] = ()) -> TagPolicy:
+        """From votes and listening on tracks made with `tags` (by track id), and the tags
+        heard in uploads (each as a track rated `upload_reward`, in every camp's evidence;
+        an upload counts once the tagger has heard every field of it)."""
         camps = find_camps(votes, tags, cfg)
+        songs = [({f: t[f] for f in tagvocab.VOCAB}, rewards_cfg.upload_reward)
+                 for t in uploads if all(t.get(f) in vs for f, vs in tagvocab.VOCAB.items())]
 
         def beliefs(keep: frozenset[int] | None) -> Beliefs:
             vs = [v for v in votes if keep is None or v.member_id in keep]
             ls = [li for li in listens if keep is None or li.member_id in keep]
             rewards = track_rewards(vs, ls, rewards_cfg)
-            return cls._beliefs(((tags[t], r.reward) for t, r in rewards.items()
-                                 if r.n_votes > 0), cfg)
+            return cls._beliefs([*((tags[t], r.reward) for t, r in rewards.items()
+                                   if r.n_votes > 0), *songs], cfg)
 
         if camps is None:
-            return cls(beliefs(None), cfg)
+            return cls(beliefs(None), cfg, uploads=len(songs))
         placed = camps.groups[0] | camps.groups[1]
         unplaced = frozenset(v.member_id for v in votes) - placed  # they count in both
-        return cls([beliefs(g | unplaced) for g in camps.groups], cfg, camps)
+        return cls([beliefs(g | unplaced) for g in camps.groups], cfg, camps, len(songs))
 
     @classmethod
-    def for_guild(cls, feedback: Iterable[TrackFeedback], settings: Settings) -> TagPolicy:
-        """The policy the settings ask for: learnt from `feedback` (rewards and exploration
-        as configured), or uniform with `tag_policy` off."""
+    def for_guild(cls, feedback: Iterable[TrackFeedback], settings: Settings,
+                  uploads: Sequence[Mapping[str, str]] = ()) -> TagPolicy:
+        """The policy the settings ask for: learnt from `feedback` and the tags heard in
+        `uploads` (rewards and exploration as configured), or uniform with `tag_policy`
+        off."""
         if not settings.tag_policy:
             return cls.fit([], PolicyConfig(explore=1.0))
         return cls.from_feedback(feedback, RewardSettings(**settings.reward),
                                  PolicyConfig(explore=settings.tag_explore,
                                               explore_min=settings.tag_explore_min,
-                                              explore_tracks=settings.tag_explore_tracks))
+                                              explore_tracks=settings.tag_explore_tracks),
+                                 uploads)
 
     @property
     def rated(self) -> int:
-        """Rated tracks behind the policy (counted once, through the first field)."""
-        return max(sum(b.n for b in next(iter(g.values())).values()) for g in self.groups)
+        """Rated tracks behind the policy (counted once, through the first field; every
+        upload counted has a value there)."""
+        return max(sum(b.n for b in next(iter(g.values())).values())
+                   for g in self.groups) - self.uploads
+
+    @property
+    def learnt(self) -> bool:
+        """Whether anything is behind the policy (rated tracks or heard uploads)."""
+        return self.rated + self.uploads > 0
 
     def serve(self, rng: random.Random) -> tuple[dict[str, str], float]:
         """One tag set and the guidance to make it with (`_draw`)."""
@@ -339,10 +364,11 @@ def _two_means(x: np.ndarray, iterations: int = 20) -> np.ndarray:
 def taste_lines(policy: TagPolicy, top: int = 2) -> list[str]:
     """What a guild likes, for /stats: per field its most-served values and their shares,
     and the two camps where there are some."""
-    if policy.rated == 0:
+    if not policy.learnt:
         return ["No rated tracks with tags yet: every tag is as likely."]
-    lines = [f"What this server likes (from {policy.rated} rated tracks; share of new tracks, "
-             f"{policy.explore:.0%} of each field picked at random to keep exploring):"]
+    songs = f" and {policy.uploads} members' songs" if policy.uploads else ""
+    lines = [f"What this server likes (from {policy.rated} rated tracks{songs}; share of new "
+             f"tracks, {policy.explore:.0%} of each field picked at random to keep exploring):"]
     for f, shares in policy.preferences().items():
         best = ", ".join(f"{v} {p:.0%}" for v, p in list(shares.items())[:top])
         name = "how closely tracks follow their tags (guidance)" if f == GUIDANCE_FIELD else f

@@ -106,12 +106,14 @@ class TrackService:
 
     async def tag_policy(self, guild: str) -> TagPolicy:
         """The guild's taste over tags (bot/core/tag_policy.py), learnt from the rewards of
-        its tracks of the last `reward_history_days`; uniform with `tag_policy` off."""
+        its tracks and the tags heard in its uploads of the last `reward_history_days`;
+        uniform with `tag_policy` off."""
         s = self.settings
         if not s.tag_policy:
             return TagPolicy.for_guild([], s)
         since = self.store.now() - s.reward_history_days * 86400 if s.reward_history_days else None
-        return TagPolicy.for_guild(await self.store.track_feedback(guild, since=since), s)
+        songs = [u.tags for u in await self.store.uploads(guild, since=since) if u.tags]
+        return TagPolicy.for_guild(await self.store.track_feedback(guild, since=since), s, songs)
 
     async def default_tags(self, guild: str, origin: Origin, seeds: Sequence[int]
                            ) -> list[tuple[tagvocab.Tags, float]]:
@@ -120,7 +122,7 @@ class TrackService:
         ratings): drawn from the guild's policy; the baseline arm stays uniform at the
         default guidance, so it measures where the guild started."""
         policy = None if origin == Origin.BASELINE else await self.tag_policy(guild)
-        if policy is None or policy.rated == 0:  # nothing learnt yet: uniform, as at the start
+        if policy is None or not policy.learnt:  # nothing learnt yet: uniform, as at the start
             return [(tagvocab.uniform(random.Random(s)), tagvocab.GUIDANCE) for s in seeds]
         return [policy.serve(random.Random(s)) for s in seeds]
 
