@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from bot.core.config import Settings
 from bot.core.domain import Origin
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
-from bot.core.store import Store, Track, TrackFeedback, VoteRow
+from bot.core.store import Store, Track, TrackFeedback, UploadRow, VoteRow
 from bot.core.tracks import TrackService
 from bot.core.worker import GenerationJob, GenerationResult, run_job
 from model.registry import ModelRegistry
@@ -135,7 +134,8 @@ def test_training_rows_carry_the_tags_a_track_was_made_with(tmp_path):
                       votes=tuple(VoteRow(i, m, 5 - i, 0.0) for m in ("a", "b")),
                       listens=())
         for i in (1, 2)]
-    upload = SimpleNamespace(id=7, file="/u/7.wav")
+    upload = UploadRow(id=7, guild_id="g", member_id="m", sha256="x", file="/u/7.wav",
+                       original_name="song.wav", format="wav", duration_s=20.0, created_at=0.0)
     items = build_training_set(feedback, [upload], settings, RewardSettings()).items
     assert {it.key: it.tags for it in items} == {"track:1": {"mode": "minor"},
                                                  "track:2": None, "upload:7": None}

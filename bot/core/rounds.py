@@ -49,7 +49,7 @@ from bot.core.rewards import (
     track_rewards,
 )
 from bot.core.rewards import training_weights as reward_weights
-from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback
+from bot.core.store import RoundConflict, RoundRow, Store, TrackFeedback, UploadRow
 from bot.core.tag_policy import TagPolicy
 from bot.core.tracks import mel_file
 from model.contracts import (
@@ -159,8 +159,8 @@ def _rated(feedback: list[TrackFeedback], rewards_cfg: RewardSettings
     return rated, votes, listens, files
 
 
-def build_training_set(feedback: list[TrackFeedback], uploads: list, settings: Settings,
-                       rewards_cfg: RewardSettings,
+def build_training_set(feedback: list[TrackFeedback], uploads: list[UploadRow],
+                       settings: Settings, rewards_cfg: RewardSettings,
                        history: list[TrackFeedback] | None = None,
                        library: list[LibrarySong] = ()) -> TrainingSet:
     """Rated tracks weighted by reward (best fraction only), uploads, the library's songs,
