@@ -13,7 +13,8 @@ for each candidate it prints, on `-n` clips at fixed seeds, asked for uniform ta
 simulation's model-alone probe) and asked for the tags the tagger hears in the uploads (the
 model asked, in its own words, for what the members sang):
 - the feature Frechet distance to 64 other songs for voices (as the simulation's);
-- the mean probability the simulation's style detector gives them of being for voices.
+- the simulated singing community's mean nearness of them to songs for voices (1/2: as near
+  as a typical song).
 `--only 5 6 7` runs the recipes with the uploads' heard tags.
 ~3 min a recipe on 2 cores (full fine-tuning), setup ~1 min.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bot.experiment.ear import OUTSIDE_SEED, hear, load_ear, load_style_detector, outside_clips
+from bot.experiment.ear import OUTSIDE_SEED, hear, load_ear, load_style_nearness, outside_clips
 from model.contracts import FinetuneSpec, ItemKind, TrainItem
 from model.features import extract, frechet_distance
 from model.files import write_wav
@@ -91,7 +92,7 @@ def main() -> None:
         parent_dir = registry.version_dir("g", registry.ensure_guild("g").version)
         voices = np.stack([extract(x, 16000).vector()
                            for x in outside_clips(64, OUTSIDE_SEED + 1, 5.0, a.cache_dir)])
-        detector = load_style_detector(load_ear(a.cache_dir), a.cache_dir)
+        nearness = load_style_nearness(load_ear(a.cache_dir), a.cache_dir)
         items = []
         for i, song in enumerate(outside_clips(a.uploads, OUTSIDE_SEED + 2, 20.0, a.cache_dir)):
             path = scratch / f"upload-{i}.wav"
@@ -110,14 +111,14 @@ def main() -> None:
             for asked in (None, heard):
                 audio = probe(pipe, a.n, asked)
                 vecs = np.stack([extract(x, 16000).vector() for x in audio])
-                p = detector.prob([hear(x) for x in audio])
+                p = nearness.nearness([hear(x) for x in audio])
                 cells += [f"{frechet_distance(vecs, voices):.1f}", f"{p.mean():.3f}"]
             return " | ".join(cells)
 
         print(f"{a.uploads} uploads of 20 s, {a.steps} steps, {a.n} probe clips; setup "
               f"{time.perf_counter() - t0:.0f} s")
-        print("| recipe | distance to the voices, uniform tags | P(voices) | distance, heard "
-              "tags | P(voices) | train s |")
+        print("| recipe | distance to the voices, uniform tags | nearness | distance, heard "
+              "tags | nearness | train s |")
         print("|---|---|---|---|---|---|")
         print(f"| the base | {judge(base)} | - |", flush=True)
         for k, (name, over) in enumerate(RECIPES):

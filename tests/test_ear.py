@@ -7,13 +7,15 @@ import pytest
 
 from bot.experiment.ear import (
     FIELDS,
+    OUTSIDE_SEED,
     VALUES,
     Ear,
     EarCommunity,
     Hearing,
-    StyleDetector,
+    StyleNearness,
     hear,
     load_ear,
+    load_style_nearness,
     outside_clips,
     quality,
 )
@@ -111,14 +113,21 @@ def test_the_shipped_ear_hears_tags_better_than_chance():
     assert ear.accuracy["instrument"] > 0.75
 
 
-def test_a_singing_community_hears_voices_and_likes_them(tmp_path):
+def test_a_singing_community_likes_what_sounds_near_its_songs(tmp_path):
     ear = load_ear()
-    detector = StyleDetector.train(ear, tmp_path, n=24)
-    assert detector.accuracy > 0.8  # voices are a style of their own to the ear
+    small = StyleNearness.train(ear, tmp_path, n=24)  # 71 features from 18 songs: rough
+    assert small.auc > 0.6 and (tmp_path / f"style-nearness-{OUTSIDE_SEED}-24.npz").is_file()
+    nearness = load_style_nearness(ear)  # the simulation's, from 96 songs
+    assert nearness.auc > 0.9  # held out: songs for voices sound nearer than corpus clips
     voices = [hear(a) for a in outside_clips(6, 5, cache_dir=tmp_path)]
     corpus = [hear(a) for a in score_corpus(6, 5, 5.0, SR, tmp_path)[0]]
-    assert detector.prob(voices).mean() > 0.7 > 0.3 > detector.prob(corpus).mean()
-    singing = EarCommunity(ear, seed=3, outside=detector)
+    assert nearness.nearness(voices).mean() > 0.3 > nearness.nearness(corpus).mean()
+    # Nearness, not a direction: a clip pushed past the songs, away from the corpus, is far.
+    centre = (nearness.mean * ear.scale) + ear.mean
+    past = centre + 6.0 * (centre - np.stack([h.summary for h in corpus]).mean(0))
+    assert nearness.nearness([Hearing(past, 0.5, -20.0)])[0] < 0.1
+    assert nearness.nearness([Hearing(centre, 0.5, -20.0)])[0] > 0.9
+    singing = EarCommunity(ear, seed=3, outside=nearness)
     plain = EarCommunity(ear, seed=3)
     # Same members (same taste over tags); only the singing community prefers the voices.
     gap = singing.expected_matrix(voices).mean() - singing.expected_matrix(corpus).mean()
@@ -126,4 +135,4 @@ def test_a_singing_community_hears_voices_and_likes_them(tmp_path):
     assert gap > plain_gap + 0.3
     song = singing.make_upload(singing.members[0], np.random.default_rng(0), 6.0,
                                n_candidates=2, cache_dir=tmp_path)
-    assert len(song) == 6 * SR and detector.prob([hear(song[: 5 * SR])])[0] > 0.5
+    assert len(song) == 6 * SR and nearness.nearness([hear(song[: 5 * SR])])[0] > 0.2

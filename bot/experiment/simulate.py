@@ -47,7 +47,7 @@ from bot.experiment.ear import (
     OUTSIDE_SEED,
     EarCommunity,
     load_ear,
-    load_style_detector,
+    load_style_nearness,
     outside_clips,
 )
 from model import tags as tagvocab
@@ -222,15 +222,15 @@ class Simulation:
         self._outside: np.ndarray | None = None  # features of songs for voices
         if cfg.community == "ear":
             ear = load_ear(self.settings.cache_dir)
-            detector = None
+            nearness = None
             if cfg.outside_style:
-                detector = load_style_detector(ear, self.settings.cache_dir)
+                nearness = load_style_nearness(ear, self.settings.cache_dir)
                 voices = outside_clips(64, OUTSIDE_SEED + 1, cfg.track_seconds,
                                        self.settings.cache_dir)
                 self._outside = np.stack([extract(a, 16000).vector() for a in voices])
             self.community: Community | EarCommunity = EarCommunity(
                 ear, seed=cfg.seed, n_members=cfg.members, factions=cfg.factions,
-                outside=detector)
+                outside=nearness)
         elif cfg.community == "features":
             self.community = Community(seed=cfg.seed, n_members=cfg.members)
         else:
