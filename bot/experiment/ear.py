@@ -372,6 +372,12 @@ def outside_clips(n: int, seed: int, seconds: float = 5.0, cache_dir: Path | Non
     return audio[:n]
 
 
+def _d2(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of each row of x."""
+    d = x - mean
+    return np.einsum("ij,jk,ik->i", d, precision, d)
+
+
 @dataclass
 class StyleNearness:
     """How near a clip sounds to the outside style's songs: a Gaussian over the ear's
@@ -386,14 +392,10 @@ class StyleNearness:
     ref: float  # the median held-out song's squared distance: nearness 1/2
     auc: float  # held-out: P(a song sounds nearer than a corpus clip)
 
-    def _d2(self, hearings: list[Hearing]) -> np.ndarray:
-        x = (np.stack([h.summary for h in hearings]) - self.ear.mean) / self.ear.scale
-        d = x - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.precision, d)
-
     def nearness(self, hearings: list[Hearing]) -> np.ndarray:
         """0..1 per clip: 1 at the songs' centre, 1/2 as far as a typical new song."""
-        return 1.0 / (1.0 + (self._d2(hearings) / self.ref) ** NEARNESS_SLOPE)
+        x = (np.stack([h.summary for h in hearings]) - self.ear.mean) / self.ear.scale
+        return 1.0 / (1.0 + (_d2(x, self.mean, self.precision) / self.ref) ** NEARNESS_SLOPE)
 
     @staticmethod
     def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -427,12 +429,8 @@ class StyleNearness:
         corpus = summary(score_corpus(n, seed, 5.0, SR, cache_dir)[0])
         order = np.random.default_rng(seed).permutation(n)
         test, fit = order[: n // 4], order[n // 4:]
-        mean, precision = cls._fit(songs[fit])
-
-        def d2(x: np.ndarray) -> np.ndarray:
-            return np.einsum("ij,jk,ik->i", x - mean, precision, x - mean)
-
-        held, far = d2(songs[test]), d2(corpus)
+        fitted = cls._fit(songs[fit])
+        held, far = _d2(songs[test], *fitted), _d2(corpus, *fitted)
         auc = float(np.mean(held[:, None] < far[None]))
         nearness = cls(ear, *cls._fit(songs), float(np.median(held)), auc)
         log.info("style nearness: held-out AUC %.2f, corpus clips %.1fx as far as songs",
