@@ -132,9 +132,13 @@ class Ear:
     weights: dict[str, np.ndarray]  # field -> (features + 1, values)
     accuracy: dict[str, float]  # held-out, per field
 
+    def standardise(self, hearings: list[Hearing]) -> np.ndarray:
+        """(clips, features): the summaries in the units the ear was trained in."""
+        return (np.stack([h.summary for h in hearings]) - self.mean) / self.scale
+
     def beliefs(self, hearings: list[Hearing]) -> np.ndarray:
         """(clips, len(VALUES)): per field, the probability of each value."""
-        x = (np.stack([h.summary for h in hearings]) - self.mean) / self.scale
+        x = self.standardise(hearings)
         x = np.hstack([x, np.ones((len(x), 1))])
         return np.hstack([_softmax(x @ self.weights[f]) for f in FIELDS])
 
@@ -394,8 +398,8 @@ class StyleNearness:
 
     def nearness(self, hearings: list[Hearing]) -> np.ndarray:
         """0..1 per clip: 1 at the songs' centre, 1/2 as far as a typical new song."""
-        x = (np.stack([h.summary for h in hearings]) - self.ear.mean) / self.ear.scale
-        return 1.0 / (1.0 + (_d2(x, self.mean, self.precision) / self.ref) ** NEARNESS_SLOPE)
+        d2 = _d2(self.ear.standardise(hearings), self.mean, self.precision)
+        return 1.0 / (1.0 + (d2 / self.ref) ** NEARNESS_SLOPE)
 
     @staticmethod
     def _fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -423,7 +427,7 @@ class StyleNearness:
         from model.scores import score_corpus
 
         def summary(audio: np.ndarray) -> np.ndarray:
-            return (np.stack([hear(a).summary for a in audio]) - ear.mean) / ear.scale
+            return ear.standardise([hear(a) for a in audio])
 
         songs = summary(outside_clips(n, seed, 5.0, cache_dir))
         corpus = summary(score_corpus(n, seed, 5.0, SR, cache_dir)[0])
