@@ -58,15 +58,15 @@ def tags_arg(value: str) -> tagvocab.Tags:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def positive_int(limit: int):
+def positive_int(limit: int, least: int = 1):
     def parse(value: str) -> int:
         try:
             n = int(value)
         except ValueError:
-            n = 0
-        if not 1 <= n <= limit:
-            raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {limit}, "
-                                             f"got {value!r}")
+            n = least - 1
+        if not least <= n <= limit:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {least} to "
+                                             f"{limit}, got {value!r}")
         return n
     return parse
 
@@ -233,6 +233,10 @@ def build_parser() -> Parser:
     sim.add_argument("--library", type=int, metavar="N", default=None,
                      help="an operator's library of N 20-s songs in the community's style "
                      "(songs for voices with --outside-style)")
+    sim.add_argument("--judge", type=positive_int(10_000, least=0), metavar="N", default=None,
+                     help="clips per round on which the community's own noise-free stars "
+                     "judge each candidate against its parent, beside the verdict (default 48, "
+                     "0 with --quick; 0: off)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--out", type=Path, default=Path("out/simulation"),
                      help="folder for the table (markdown), plot (PNG) and JSON")
@@ -584,7 +588,7 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
                                 "community": args.community,
                                 "factions": args.factions or None,
                                 "outside_style": args.outside_style or None,
-                                "library": args.library}.items()
+                                "library": args.library, "judge_clips": args.judge}.items()
              if v is not None}
     cfg = SimConfig.quick(**flags) if args.quick else SimConfig(**flags)
     results = {}
@@ -601,23 +605,26 @@ async def _simulate(settings: BotSettings, args: argparse.Namespace) -> int:
     if args.ablation:
         rows = {name: {**data["rounds"][-1], "diversity_vs_base":
                        data["diversity"]["final_vs_base"],
-                       "wrong_promotions": len(data["wrong_promotions"])}
+                       "wrong_promotions": len(data["wrong_promotions"]),
+                       "missed_promotions": len(data["missed_promotions"])}
                 for name, (_, data) in results.items()}
         summary = {"ablation": rows}
         lines = ["| variant | final new mean | baseline mean | gain | p | diversity vs base | "
-                 "wrong promotions | flatness | loudness dB |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "wrong promotions | missed promotions | flatness | loudness dB |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in rows.items():
             lines.append(f"| {name} | {r['new_mean']} | {r['baseline_mean']} | "
                          f"{r['gain_over_baseline']} | {r['p_value']} | "
                          f"{r['diversity_vs_base']:.0%} | {r['wrong_promotions']} | "
+                         f"{r['missed_promotions']} | "
                          f"{r['flatness']} | {r['loudness_db']} |")
         (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
         print(json.dumps(summary) if args.json else "\n".join(lines))
         return 0
     result, data = results[""]
     if args.json:
-        print(json.dumps({k: data[k] for k in ("rounds", "diversity", "wrong_promotions")}))
+        print(json.dumps({k: data[k] for k in ("rounds", "diversity", "wrong_promotions",
+                                               "missed_promotions")}))
     else:
         print(markdown(result))
         console.print(f"table, plot and JSON in {args.out}/")

@@ -171,14 +171,19 @@ def test_simulate_runs_the_loop_and_writes_its_outputs(capsys, data_dir, tmp_pat
     monkeypatch.setenv("CROWDTUNE_TORCH_THREADS", "1")
     out = tmp_path / "sim"
     code, stdout, err = crowdtune(capsys, "simulate", "--rounds", "1", "--tracks", "8",
-                                  "--final", "6", "--members", "3", "--steps", "2", "--out",
-                                  str(out), "--json", "--outside-style")
+                                  "--final", "6", "--members", "5", "--steps", "2", "--out",
+                                  str(out), "--json", "--outside-style", "--judge", "3")
     assert code == 0, err
     data = json.loads(stdout)
     assert [r["round"] for r in data["rounds"]] == [0, 1]
     assert all(r["fd_outside"] > 0 and r["fd_model"] > 0 for r in data["rounds"])
     assert "the voices" in err  # rich wraps (and tags) the log lines
     assert data["wrong_promotions"] in ([], [1])
+    # The round's candidate was judged by the community's own stars against its parent.
+    judged = data["rounds"][0]
+    assert abs(judged["candidate_gain"]) < 4 and judged["candidate_se"] >= 0
+    assert data["missed_promotions"] in ([], [1])
+    assert "as the community hears it" in (out / "simulation.md").read_text()
     keys = {"round", "new_mean", "new_ci", "baseline_mean", "baseline_ci",
             "gain_over_baseline", "p_value"}
     assert all(keys <= set(r) for r in data["rounds"])

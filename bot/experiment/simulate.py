@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]  # one line of progress for the operator
 GUILD = "sim"
 PROBE_SEED = 7_700_000  # the outside style's model-alone clips (Simulation._model_distance)
+JUDGE_SEED = 7_900_000  # the community's own judgement of each candidate (Simulation._judge)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class SimConfig:
     track_seconds: float = 5.0
     finetune_steps: int = 300
     eval_clips: int = 24
+    # Each round's candidate and its parent make this many clips (same seeds, the guild's
+    # tag policy's draws), and the community's noise-free stars of both are compared: what
+    # the candidate was truly worth, beside the verdict's prediction. 0: not judged.
+    judge_clips: int = 48
     sampler_steps: int | None = None  # None: the settings' (CROWDTUNE_SAMPLER_STEPS)
     seed: int = 0
     uploads: bool = True  # members share songs, and a share of tracks is upload-seeded
@@ -96,7 +101,8 @@ class SimConfig:
         # the shipped base against 20: feature FD 27.9 vs 23.9, corpus split-half 30.5; the
         # tagger hears the asked instrument on 88% vs 96%, tempo 78% vs 67%, drums 100%).
         return replace(cls(rounds=3, tracks_per_round=24, final_per_arm=24,
-                           finetune_steps=60, eval_clips=6, sampler_steps=10), **kw)
+                           finetune_steps=60, eval_clips=6, sampler_steps=10,
+                           judge_clips=0), **kw)
 
 
 ABLATIONS: dict[str, dict] = {
@@ -136,6 +142,10 @@ class PassResult:
     # mix) and of the active model at uniform tags and fixed seeds (the model alone)
     fd_outside: float | None = None
     fd_model: float | None = None
+    # The round's candidate as the community hears it (SimConfig.judge_clips): its expected
+    # stars minus its parent's, paired over the same seeds and tags, and the standard error.
+    candidate_gain: float | None = None
+    candidate_se: float | None = None
 
     def row(self) -> dict:
         stats = round_stats(self.ratings)
@@ -148,6 +158,9 @@ class PassResult:
                    else {}),
                 **({"fd_model": round(self.fd_model, 2)} if self.fd_model is not None
                    else {}),
+                **({"candidate_gain": round(self.candidate_gain, 3),
+                    "candidate_se": round(self.candidate_se or 0.0, 3)}
+                   if self.candidate_gain is not None else {}),
                 "reason": self.reason, "rolled_back": self.rolled_back,
                 "round_seconds": round(self.round_seconds, 1)}
 
@@ -168,11 +181,19 @@ class SimResult:
                 wrong.append(k)
         return wrong
 
+    def missed_promotions(self) -> list[int]:
+        """Rounds whose kept candidate the community would have liked better than its
+        parent, beyond two standard errors of the judged gain."""
+        return [p.round + 1 for p in self.passes
+                if p.promoted is False and p.candidate_gain is not None
+                and p.candidate_gain > 2.0 * (p.candidate_se or 0.0)]
+
     def to_json(self) -> dict:
         base_div = self.passes[0].diversity if self.passes else float("nan")
         return {
             "rounds": [p.row() for p in self.passes],
             "wrong_promotions": self.wrong_promotions(),
+            "missed_promotions": self.missed_promotions(),
             "diversity": {"base": round(base_div, 3),
                           "final": round(self.passes[-1].diversity, 3),
                           "final_vs_base": round(self.passes[-1].diversity / base_div, 3)},
@@ -267,6 +288,10 @@ class Simulation:
                     self.say(f"round {k + 1}: {summary.status}, "
                              f"{'promoted' if summary.promoted else 'kept'}: "
                              f"{summary.reason}")
+                    if self.cfg.judge_clips and summary.candidate_version \
+                            and summary.parent_version:
+                        p.candidate_gain, p.candidate_se = await self._judge(
+                            summary.parent_version, summary.candidate_version)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -353,6 +378,30 @@ class Simulation:
         return self._distance(np.stack([extract(a, made.sample_rate).vector()
                                         for a in made.audios]))
 
+    async def _judge(self, parent: str, candidate: str) -> tuple[float, float]:
+        """The community's noise-free stars of the candidate's clips minus its parent's, same
+        seeds and tags (fresh draws from the guild's tag policy, not the evaluation's), and
+        the paired standard error. Not posted, not rated."""
+        tracks = self.services.tracks
+        policy = await tracks.tag_policy(GUILD)
+        seeds = tuple(range(JUDGE_SEED, JUDGE_SEED + self.cfg.judge_clips))
+        served = [policy.serve(random.Random(s)) for s in seeds]
+        scores = []
+        for version in (parent, candidate):
+            job = GenerationJob(
+                model_dir=str(tracks.registry.version_dir(GUILD, version)), seeds=seeds,
+                seconds=self.cfg.track_seconds, steps=self.settings.sampler_steps,
+                tags=tuple(tagvocab.format_tags(t) for t, _ in served),
+                guidance=tuple(g for _, g in served))
+            made = await tracks.compute.generate(job)
+            scores.append([self.community.score(self.community.hear(a)) for a in made.audios])
+        diff = np.array(scores[1]) - np.array(scores[0])
+        gain = float(diff.mean())
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        self.say(f"round candidate {candidate} as the community hears it: {gain:+.3f} stars "
+                 f"(se {se:.3f}) against {parent}")
+        return gain, se
+
     def _library(self, folder: Path) -> None:
         """The operator's library: songs in the community's style (see SimConfig.library)."""
         from model.scores import score_corpus
@@ -419,6 +468,16 @@ def markdown(result: SimResult, title: str = "crowdtune simulation") -> str:
               "", "Promotions followed by a drop in expected stars (beyond two standard "
               f"errors): {', '.join(f'round {k}' for k in wrong) if wrong else 'none'}.",
               *([f"Automatic rollbacks: {'; '.join(rollbacks)}."] if rollbacks else [])]
+    judged = [q for q in result.passes if q.candidate_gain is not None]
+    if judged:
+        missed = result.missed_promotions()
+        lines += ["", f"Each round's candidate as the community hears it ({cfg.judge_clips} "
+                  "clips against its parent, same seeds, the guild's tags; noise-free stars, "
+                  "se): " + "; ".join(
+                      f"round {q.round + 1} {q.candidate_gain:+.3f} ({q.candidate_se:.3f}), "
+                      f"{'promoted' if q.promoted else 'kept'}" for q in judged) + ". Kept "
+                  "candidates the community liked better beyond two standard errors: "
+                  + (", ".join(f"round {k}" for k in missed) if missed else "none") + "."]
     if result.passes[0].fd_outside is not None:
         lines += ["", "Feature Fréchet distance to the songs for voices (the community's "
                   f"style, outside the corpus), per pass, at {fd_tracks(cfg)}"
