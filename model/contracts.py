@@ -129,6 +129,9 @@ class FinetuneSpec(JsonFile):
     # Uploads and library songs trained under the tags the tagger hears in them (model/
     # finetune.py heard_tags); False: under "any" only.
     hear_tags: bool = True
+    # Tag dropout (model/training.py drop_tags): per field, and of a whole tag set.
+    tag_dropout_field: float = 0.3
+    tag_dropout_all: float = 0.1
     # LoRA (model/lora.py): the rank of the adapter to train; 0: full fine-tuning.
     lora_rank: int = 0
     lora_alpha: float = 8.0

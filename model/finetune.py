@@ -384,7 +384,8 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
 
     def draw_batch(gen: torch.Generator) -> Batch:
         idx = torch.multinomial(probs, spec.batch_size, replacement=True, generator=gen)
-        lab = None if labels is None else drop_tags(labels[idx], null, gen)
+        lab = None if labels is None else drop_tags(labels[idx], null, gen,
+                                                    spec.tag_dropout_field, spec.tag_dropout_all)
         return pool_latents[idx], None, lab
 
     recent: list[float] = []
