@@ -1,0 +1,143 @@
+"""Re-run a simulation's last round with variants of the fine-tune, each judged by the
+simulated community against the base.
+
+    python bench/bench_round_variants.py SIM_DATA_DIR [--clips 48] [--steps 300]
+        [--variants round no-uploads even policy]
+
+SIM_DATA_DIR is the data folder a `crowdtune simulate` run left (e.g.
+out/simulation/work/main/data, the default community, seed 0). From its database: the
+training set the round builds (`build_training_set` over all the guild's feedback and
+uploads) and the guild's final tag policy. Per variant, one LoRA fine-tune of the shipped
+base (the round's settings, `--steps`), then on `--clips` clips made with fresh draws from
+the policy (same seeds for base and candidate): the community's noise-free stars,
+candidate minus base, and how well the clips follow their tags (the ear's mean belief in
+each asked value), each with its standard error. Variants:
+- round: as the round does it (reward-guided corpus replay, uploads 10%);
+- no-uploads: no members' songs in the batches;
+- even: the corpus replay unguided (every pool clip alike);
+- policy: the round's guide times the policy's share of each clip's tags (mean over fields).
+
+Measured 2026-12-07 on `docs/results/default-full-judged/`'s run (412 items, 12 uploads, the
+reward model at held-out r 0.70; 48 clips, 300 steps, ~5 min a variant alone): round
+-0.092 [0.036] stars, tags followed -0.024 [0.007]; no-uploads -0.069 [0.033], -0.009
+[0.006]; even -0.016 [0.020], -0.019 [0.005]; policy -0.194 [0.043], -0.036 [0.007].
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import model.finetune as ft
+from bot.core.config import Settings
+from bot.core.rewards import RewardSettings
+from bot.core.rounds import build_training_set
+from bot.core.store import Store, TrackFeedback, UploadRow
+from bot.core.tag_policy import TagPolicy
+from bot.experiment.ear import VALUES, EarCommunity, load_ear
+from model.contracts import FinetuneSpec
+from model.pipeline import CrowdtunePipeline
+from model.registry import ModelRegistry
+from model.tags import VOCAB
+from model.train import install_shipped_base
+
+JUDGE_SEED = 7_900_000  # as the simulation's judge
+
+
+async def guild_data(db: Path) -> tuple[list[TrackFeedback], list[UploadRow]]:
+    guild = sqlite3.connect(db).execute("SELECT guild_id FROM tracks LIMIT 1").fetchone()[0]
+    store = await Store.open(db)
+    try:
+        return await store.track_feedback(guild), await store.uploads(guild)
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--variants", nargs="+", default=["round", "no-uploads", "even", "policy"],
+                    choices=["round", "no-uploads", "even", "policy"])
+    ap.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    s = Settings(_env_file=None)
+    feedback, uploads = asyncio.run(guild_data(a.data_dir / "crowdtune.sqlite3"))
+    policy = TagPolicy.for_guild(feedback, s, [u.tags for u in uploads if u.tags])
+    data = build_training_set(feedback, uploads, s, RewardSettings(**s.reward), feedback, [])
+    served = [policy.serve(random.Random(JUDGE_SEED + i)) for i in range(a.clips)]
+    ear = load_ear(a.cache_dir)
+    community = EarCommunity(ear, seed=0)
+    asked = [[VALUES.index((f, tags[f])) for f in VOCAB] for tags, _ in served]
+
+    def judged(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        pipe = CrowdtunePipeline.from_pretrained(model_dir).for_generation()
+        audios: list[np.ndarray] = []
+        for start in range(0, a.clips, 8):
+            batch = served[start:start + 8]
+            audios += pipe(batch_size=len(batch), num_inference_steps=s.sampler_steps,
+                           generator=torch.Generator().manual_seed(start),
+                           tags=[t for t, _ in batch], guidance=[g for _, g in batch]).audios
+        heard = [community.hear(x) for x in audios]
+        beliefs = ear.beliefs(heard)
+        return (np.array([community.score(h) for h in heard]),
+                np.array([beliefs[i, cols].mean() for i, cols in enumerate(asked)]))
+
+    round_guide = ft.replay_probs
+    shares = policy.preferences()
+
+    def policy_guide(pool, model, spec, listener) -> torch.Tensor:
+        w = round_guide(pool, model, spec, listener)
+        p = torch.tensor([np.mean([shares[f].get(t.get(f, ""), 0.0) for f in VOCAB])
+                          for t in pool.tags], dtype=w.dtype)
+        return w * p / (w * p).sum()
+
+    scratch = Path(tempfile.mkdtemp(prefix="crowdtune-bench-variants-"))
+    try:
+        install_shipped_base(scratch / "models" / "base")
+        registry = ModelRegistry(scratch / "models")
+        parent = registry.version_dir("g", registry.ensure_guild("g").version)
+        base = FinetuneSpec(
+            parent_dir=str(parent), out_dir="", items=data.items, pairs=data.pairs,
+            rated=data.rated, steps=a.steps, batch_size=s.finetune_batch_size,
+            lr=s.finetune_lora_lr, lora_rank=s.finetune_lora_rank or 4,
+            lora_alpha=s.finetune_lora_alpha, upload_share=s.finetune_upload_share,
+            library_share=s.finetune_library_share, replay_clips=s.finetune_replay_clips,
+            pool_cache=str(a.cache_dir), tagger_dir=str(a.data_dir / "models" / "tagger"),
+            seed=5)
+        before, before_adh = judged(parent)
+        print(f"{len(data.items)} items ({sum(i.kind.value == 'upload' for i in data.items)} "
+              f"uploads), {len(data.rated)} rated files; base: {before.mean():.3f} stars, "
+              f"tags followed {before_adh.mean():.3f} on {a.clips} clips")
+        print("| variant | stars, candidate - base [se] | tags followed, change [se] |")
+        print("|---|---|---|")
+        changes = {"round": {}, "no-uploads": {"upload_share": 0.0},
+                   "even": {"guide_min_corr": 1.1}, "policy": {}}
+        for name in a.variants:
+            ft.replay_probs = policy_guide if name == "policy" else round_guide
+            out = scratch / f"cand-{name}"
+            ft.finetune(replace(base, out_dir=str(out), **changes[name]), report=lambda _e: None)
+            info = registry.add_version("g", out, "v0001", "finetune")
+            after, after_adh = judged(registry.version_dir("g", info.version))
+            d, da = after - before, after_adh - before_adh
+            se = np.sqrt(len(d))
+            print(f"| {name} | {d.mean():+.3f} [{d.std(ddof=1) / se:.3f}] | "
+                  f"{da.mean():+.3f} [{da.std(ddof=1) / se:.3f}] |", flush=True)
+    finally:
+        ft.replay_probs = round_guide
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
