@@ -45,10 +45,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rated_round import FAVOURITE_SHARE, clips, favourite_values, policy_tags, rated_files
+from rated_round import (
+    FAVOURITE_SHARE,
+    clips,
+    favourite_values,
+    policy_tags,
+    rated_files,
+    tags_followed,
+)
 
 import model.finetune as ft
-from bot.experiment.ear import VALUES, EarCommunity, load_ear
+from bot.experiment.ear import EarCommunity, load_ear
 from model.contracts import POOL_SEED, FinetuneSpec
 from model.corpus_pool import load_pool
 from model.pipeline import CrowdtunePipeline
@@ -95,10 +102,8 @@ def main() -> None:
             """The community's stars of the eval clips, and per clip the ear's mean belief in
             each asked value (how well the clip follows its tags)."""
             heard = [community.hear(x) for x in clips(pipe, eval_tags, 5_000)]
-            beliefs = community.ear.beliefs(heard)
-            cols = [[VALUES.index((f, t[f])) for f in VOCAB] for t in eval_tags]
             return (np.array([community.score(h) for h in heard]),
-                    np.array([beliefs[i, c].mean() for i, c in enumerate(cols)]))
+                    tags_followed(community.ear, heard, eval_tags))
 
         before, before_adh = judged(parent)
         pool = load_pool(512, POOL_SEED, parent.mel.config, cache, "scores")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rated_round import clips, tags_followed
 
 import model.finetune as ft
 from bot.core.config import Settings
@@ -43,7 +44,7 @@ from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
 from bot.core.store import Store, TrackFeedback, UploadRow
 from bot.core.tag_policy import TagPolicy
-from bot.experiment.ear import VALUES, EarCommunity, load_ear
+from bot.experiment.ear import EarCommunity, load_ear
 from model.contracts import FinetuneSpec
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
@@ -77,22 +78,14 @@ def main() -> None:
     policy = TagPolicy.for_guild(feedback, s, [u.tags for u in uploads if u.tags])
     data = build_training_set(feedback, uploads, s, RewardSettings(**s.reward), feedback, [])
     served = [policy.serve(random.Random(JUDGE_SEED + i)) for i in range(a.clips)]
-    ear = load_ear(a.cache_dir)
-    community = EarCommunity(ear, seed=0)
-    asked = [[VALUES.index((f, tags[f])) for f in VOCAB] for tags, _ in served]
+    community = EarCommunity(load_ear(a.cache_dir), seed=0)
+    asked = [t for t, _ in served]
 
     def judged(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         pipe = CrowdtunePipeline.from_pretrained(model_dir).for_generation()
-        audios: list[np.ndarray] = []
-        for start in range(0, a.clips, 8):
-            batch = served[start:start + 8]
-            audios += pipe(batch_size=len(batch), num_inference_steps=s.sampler_steps,
-                           generator=torch.Generator().manual_seed(start),
-                           tags=[t for t, _ in batch], guidance=[g for _, g in batch]).audios
-        heard = [community.hear(x) for x in audios]
-        beliefs = ear.beliefs(heard)
+        heard = [community.hear(x) for x in clips(pipe, asked, 0, [g for _, g in served])]
         return (np.array([community.score(h) for h in heard]),
-                np.array([beliefs[i, cols].mean() for i, cols in enumerate(asked)]))
+                tags_followed(community.ear, heard, asked))
 
     round_guide = ft.replay_probs
     shares = policy.preferences()

@@ -6,13 +6,14 @@ learnt tag policy would serve that community."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bot.core.rewards import DEFAULT_SETTINGS, Vote, track_rewards
-from bot.experiment.ear import VALUES, EarCommunity
+from bot.experiment.ear import VALUES, Ear, EarCommunity, Hearing
 from model.contracts import RatedFile
 from model.files import write_wav
 from model.pipeline import CrowdtunePipeline
@@ -21,15 +22,25 @@ from model.tags import GUIDANCE, VOCAB, Tags, uniform
 FAVOURITE_SHARE = 0.8
 
 
-def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int, guidance: float = GUIDANCE
-          ) -> list[np.ndarray]:
-    """One clip per tag set, in batches of 8 (batch k seeded `seed + 8k`)."""
+def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int,
+          guidance: float | Sequence[float] = GUIDANCE) -> list[np.ndarray]:
+    """One clip per tag set (and guidance, when one per clip), in batches of 8 (batch k
+    seeded `seed + 8k`)."""
     out: list[np.ndarray] = []
     for start in range(0, len(tags), 8):
         out += pipe(batch_size=len(tags[start:start + 8]), tags=tags[start:start + 8],
                     generator=torch.Generator().manual_seed(seed + start),
-                    guidance=guidance).audios
+                    guidance=guidance if isinstance(guidance, float | int)
+                    else guidance[start:start + 8]).audios
     return out
+
+
+def tags_followed(ear: Ear, heard: list[Hearing], tags: list[Tags]) -> np.ndarray:
+    """Per clip, the ear's mean belief in each value it was asked for: how well it follows
+    its tags."""
+    beliefs = ear.beliefs(heard)
+    return np.array([beliefs[i, [VALUES.index((f, t[f])) for f in VOCAB]].mean()
+                     for i, t in enumerate(tags)])
 
 
 def rated_files(community: EarCommunity, audio: list[np.ndarray], sr: int, folder: Path

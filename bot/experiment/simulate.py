@@ -23,7 +23,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from bot.core.report import (
     round_stats,
 )
 from bot.core.services import Services
-from bot.core.worker import GenerationJob
+from bot.core.worker import GenerationJob, GenerationResult
 from bot.experiment.community import Community
 from bot.experiment.ear import (
     OUTSIDE_SEED,
@@ -366,34 +366,34 @@ class Simulation:
         """Feature FD to the voices of the active model's clips at uniform tags, the same
         seeds every pass: how far the model itself moved toward the style, apart from the
         tag policy's choice of tags. Not posted, not rated."""
-        tracks = self.services.tracks
-        info = await tracks.active_version(GUILD)
-        seeds = tuple(range(PROBE_SEED, PROBE_SEED + fd_tracks(self.cfg)))
-        job = GenerationJob(
-            model_dir=str(tracks.registry.version_dir(GUILD, info.version)), seeds=seeds,
-            seconds=self.cfg.track_seconds, steps=self.settings.sampler_steps,
-            tags=tuple(tagvocab.format_tags(tagvocab.uniform(random.Random(s))) for s in seeds),
-            guidance=(tagvocab.GUIDANCE,) * len(seeds))
-        made = await tracks.compute.generate(job)
+        info = await self.services.tracks.active_version(GUILD)
+        seeds = range(PROBE_SEED, PROBE_SEED + fd_tracks(self.cfg))
+        made = await self._clips(info.version, seeds, [
+            (tagvocab.uniform(random.Random(s)), tagvocab.GUIDANCE) for s in seeds])
         return self._distance(np.stack([extract(a, made.sample_rate).vector()
                                         for a in made.audios]))
+
+    async def _clips(self, version: str, seeds: Sequence[int],
+                     served: Sequence[tuple[tagvocab.Tags, float]]) -> GenerationResult:
+        """Clips of a model version, one per seed with its tags and guidance, made by the
+        bot's worker; not posted, not rated."""
+        tracks = self.services.tracks
+        return await tracks.compute.generate(GenerationJob(
+            model_dir=str(tracks.registry.version_dir(GUILD, version)), seeds=tuple(seeds),
+            seconds=self.cfg.track_seconds, steps=self.settings.sampler_steps,
+            tags=tuple(tagvocab.format_tags(t) for t, _ in served),
+            guidance=tuple(g for _, g in served)))
 
     async def _judge(self, parent: str, candidate: str) -> tuple[float, float]:
         """The community's noise-free stars of the candidate's clips minus its parent's, same
         seeds and tags (fresh draws from the guild's tag policy, not the evaluation's), and
         the paired standard error. Not posted, not rated."""
-        tracks = self.services.tracks
-        policy = await tracks.tag_policy(GUILD)
-        seeds = tuple(range(JUDGE_SEED, JUDGE_SEED + self.cfg.judge_clips))
+        policy = await self.services.tracks.tag_policy(GUILD)
+        seeds = range(JUDGE_SEED, JUDGE_SEED + self.cfg.judge_clips)
         served = [policy.serve(random.Random(s)) for s in seeds]
         scores = []
         for version in (parent, candidate):
-            job = GenerationJob(
-                model_dir=str(tracks.registry.version_dir(GUILD, version)), seeds=seeds,
-                seconds=self.cfg.track_seconds, steps=self.settings.sampler_steps,
-                tags=tuple(tagvocab.format_tags(t) for t, _ in served),
-                guidance=tuple(g for _, g in served))
-            made = await tracks.compute.generate(job)
+            made = await self._clips(version, seeds, served)
             scores.append([self.community.score(self.community.hear(a)) for a in made.audios])
         diff = np.array(scores[1]) - np.array(scores[0])
         gain = float(diff.mean())
