@@ -71,7 +71,8 @@ def main() -> None:
             spec = FinetuneSpec(parent_dir=str(parent_dir), out_dir=str(out), items=[],
                                 rated=rated, steps=a.steps, lora_rank=rank,
                                 lora_alpha=float(rank) if rank else 8.0,
-                                lr=a.lora_lr if rank else a.lr, pool_cache=a.cache_dir)
+                                lr=a.lora_lr if rank else a.lr, pool_cache=a.cache_dir,
+                                corpus_guided=True)  # as measured
             t = time.perf_counter()
             finetune(spec, report=lambda _e: None)
             train_s = time.perf_counter() - t

@@ -144,7 +144,7 @@ def main() -> None:
             spec = FinetuneSpec(parent_dir=str(parent_dir), out_dir=str(out), items=[],
                                 rated=rated, steps=a.steps, lora_rank=4, lora_alpha=8.0,
                                 lr=1e-3, pool_cache=str(cache), tag_dropout_field=p_field,
-                                tag_dropout_all=p_all)
+                                tag_dropout_all=p_all, corpus_guided=True)
             t = time.perf_counter()
             ft.finetune(spec, report=lambda _e: None)
             train_s = time.perf_counter() - t

@@ -3,10 +3,11 @@ simulated community against the base.
 
     python bench/bench_round_variants.py SIM_DATA_DIR [--clips 48] [--steps 300]
         [--variants round no-uploads even policy within balanced clear] [--seed 5]
-        [--lr LR] [--dropouts FIELD ALL]
+        [--lr LR] [--dropouts FIELD ALL] [--outside-style | --factions]
 
 SIM_DATA_DIR is the data folder a `crowdtune simulate` run left (e.g.
-out/simulation/work/main/data, the default community, seed 0). From its database: the
+out/simulation/work/main/data; seed 0; the default community, or the one `--outside-style` or
+`--factions` names, as the run's). From its database: the
 training set the round builds (`build_training_set` over all the guild's feedback and
 uploads) and the guild's final tag policy. Per variant, one LoRA fine-tune of the shipped
 base (the round's settings, `--steps`, `--seed`; `--lr` and `--dropouts` override the
@@ -69,7 +70,7 @@ from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
 from bot.core.store import Store, TrackFeedback, UploadRow
 from bot.core.tag_policy import TagPolicy
-from bot.experiment.ear import EarCommunity, load_ear
+from bot.experiment.ear import EarCommunity, load_ear, load_style_nearness
 from model.contracts import FinetuneSpec
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
@@ -100,6 +101,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="the LoRA's LR (default: the round's)")
     ap.add_argument("--dropouts", type=float, nargs=2, default=None, metavar=("FIELD", "ALL"),
                     help="the fine-tune's tag dropout (default: the round's)")
+    ap.add_argument("--outside-style", action="store_true",
+                    help="judge as the singing community (a `--outside-style` run's data)")
+    ap.add_argument("--factions", action="store_true",
+                    help="judge as the two-faction community (a `--factions` run's data)")
     ap.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -108,7 +113,9 @@ def main() -> None:
     policy = TagPolicy.for_guild(feedback, s, [u.tags for u in uploads if u.tags])
     data = build_training_set(feedback, uploads, s, RewardSettings(**s.reward), feedback, [])
     served = [policy.serve(random.Random(JUDGE_SEED + i)) for i in range(a.clips)]
-    community = EarCommunity(load_ear(a.cache_dir), seed=0)
+    ear = load_ear(a.cache_dir)
+    community = EarCommunity(ear, seed=0, factions=a.factions, outside=load_style_nearness(
+        ear, a.cache_dir) if a.outside_style else None)
     asked = [t for t, _ in served]
 
     def judged(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +175,7 @@ def main() -> None:
             lora_alpha=s.finetune_lora_alpha, upload_share=s.finetune_upload_share,
             library_share=s.finetune_library_share, replay_clips=s.finetune_replay_clips,
             pool_cache=str(a.cache_dir), tagger_dir=str(a.data_dir / "models" / "tagger"),
-            seed=a.seed)
+            corpus_guided=True, seed=a.seed)
         if a.lr:
             base = replace(base, lr=a.lr)
         if a.dropouts:
@@ -179,7 +186,7 @@ def main() -> None:
               f"tags followed {before_adh.mean():.3f} on {a.clips} clips")
         print("| variant | stars, candidate - base [se] | tags followed, change [se] |")
         print("|---|---|---|")
-        changes = {"no-uploads": {"upload_share": 0.0}, "even": {"guide_min_corr": 1.1}}
+        changes = {"no-uploads": {"upload_share": 0.0}, "even": {"corpus_guided": False}}
         for name in a.variants:
             ft.replay_probs = guides.get(name, round_guide)
             out = scratch / f"cand-{name}"

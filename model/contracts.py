@@ -122,6 +122,7 @@ class FinetuneSpec(JsonFile):
     guide_top: float = 0.25
     guide_temp: float = 0.5
     guide_min_corr: float = 0.2
+    corpus_guided: bool = False  # the corpus replay drawn by the reward model (False: even)
     dpo_beta: float = 2000.0
     dpo_weight: float = 0.0
     dpo_min_pairs: int = 4

@@ -16,11 +16,15 @@ shares; the replay is the guild's uploads, then the operator's library, then the
   the guild's reward model (model/reward_model.py, fitted here on the rated tracks and
   uploads) predicts the community would think of them: the best `guide_top` share,
   softmax-weighted with temperature `guide_temp`;
-- guided corpus replay (the rest, when `replay_clips` > 0: off for imported checkpoints
-  unless the operator asks): clean starter-corpus clips (model/corpus_pool.py) drawn the
-  same way. It moves the model toward what the community likes without training on the
-  model's own artifacts, and it is the replay term against forgetting too. A reward model
-  that predicts nothing (held-out r below `guide_min_corr`) leaves both replays even;
+- corpus replay (the rest, when `replay_clips` > 0: off for imported checkpoints unless
+  the operator asks): clean starter-corpus clips (model/corpus_pool.py), every clip alike
+  by default; with `corpus_guided`, drawn like the library's. It is the replay term against
+  forgetting. Why even by default: judged by the simulated communities' own ears, the
+  guided draw made every candidate worse (default community, full size: -0.06 to -0.24
+  stars a round against -0.08 to +0.02 even; the singing community's last quick round:
+  -0.20 against +0.12; bench/bench_round_variants.py, docs/results/
+  even-replay-full-judged/). A reward model that predicts nothing (held-out r below
+  `guide_min_corr`) leaves both replays even;
 - the best-rated generated tracks (`track_share`, 0 by default), reward-weighted. Measured
   from the shipped base (one round, 48 paired clips): training on them cost -0.19 stars
   alone, and a third of the batch cut guided replay's +0.46 to +0.05: the model's own
@@ -354,7 +358,8 @@ def finetune(spec: FinetuneSpec, report: OnEvent = print_event) -> TrainResult:
                              Path(spec.pool_cache) if spec.pool_cache else None,
                              pool_corpus(Path(spec.parent_dir)))
             replay = pipe.images_to_latents(pool.images)
-            replay_p = replay_probs(pool, trusted, spec, listener)
+            replay_p = replay_probs(pool, trusted if spec.corpus_guided else None, spec,
+                                    listener)
             tags += pool.tags
     pairs = [(index[p.preferred], index[p.rejected]) for p in spec.pairs
              if p.preferred in index and p.rejected in index]

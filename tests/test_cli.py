@@ -210,7 +210,8 @@ def test_every_ablation_changes_only_real_settings(tmp_path):
         seen.add((sim.settings.finetune_track_share, sim.settings.reward.get("star_weight"),
                   sim.settings.reward.get("listen_weight"), cfg.fine_tune, cfg.uploads,
                   sim.settings.tag_policy, cfg.community, sim.settings.reward_inputs,
-                  sim.settings.library_dir is not None, sim.settings.finetune_guide_min_corr))
+                  sim.settings.library_dir is not None, sim.settings.finetune_guide_min_corr,
+                  sim.settings.finetune_corpus_guided))
     assert len(seen) == len(ABLATIONS)  # no two variants run the same experiment
 
 

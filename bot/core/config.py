@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     finetune_lora_lr: float = Field(default=1e-3, gt=0)
     # Shares of each fine-tuning batch (model/finetune.py): the best-rated generated tracks
     # (0: training on the model's own output amplified its artifacts, measured), the
-    # uploads; the rest is starter-corpus replay guided by the guild's reward model.
+    # uploads; the rest is starter-corpus replay (even, or guided by the guild's reward model
+    # with finetune_corpus_guided: measured worse for the simulated communities, see
+    # model/finetune.py).
     finetune_track_share: float = Field(default=0.0, ge=0, le=1)
     finetune_upload_share: float = Field(default=0.1, ge=0, le=1)
     finetune_replay_clips: int = Field(default=512, ge=0)  # the corpus pool (cached)
@@ -78,6 +80,7 @@ class Settings(BaseSettings):
     finetune_guide_temperature: float = Field(default=0.5, gt=0)
     # Below this held-out correlation the reward model is not trusted: replay is uniform.
     finetune_guide_min_corr: float = Field(default=0.2, le=1.1)
+    finetune_corpus_guided: bool = False
     # The reward model learns from the ratings of this many past days, not only the week
     # since the last round: taste outlives a week, and each round's tracks cover less of it.
     # 0: only the round's own window.

@@ -370,7 +370,7 @@ class RoundService:
             replay_clips=s.finetune_replay_clips if self._corpus_replay() else 0,
             pool_cache=str(s.cache_dir),
             guide_top=s.finetune_guide_top, guide_temp=s.finetune_guide_temperature,
-            guide_min_corr=s.finetune_guide_min_corr,
+            guide_min_corr=s.finetune_guide_min_corr, corpus_guided=s.finetune_corpus_guided,
             reward_model_out=str(work / "reward_model.json"),
             reward_inputs=s.reward_inputs, tagger_dir=str(s.tagger_dir),
             dpo_beta=s.dpo_beta, dpo_weight=s.dpo_weight, dpo_min_pairs=s.dpo_min_pairs,

@@ -116,10 +116,10 @@ ABLATIONS: dict[str, dict] = {
     "plain reward-weighted (paper)": {"settings": {
         "finetune_track_share": 0.65, "finetune_upload_share": 0.1,
         "finetune_guide_min_corr": 1.1}},
-    # The replay unguided (every corpus clip, and library song if any, alike): offline, the
-    # guided one cost the default community's last round -0.09 / -0.14 stars, this one
-    # -0.02 (bench/bench_round_variants.py; docs/results/even-replay-full-judged/).
-    "even corpus replay": {"settings": {"finetune_guide_min_corr": 1.1}},
+    # The corpus replay guided by the reward model (the default before 2026-12-07; offline
+    # it cost the default community's last round -0.09 / -0.14 stars against -0.02 even:
+    # bench/bench_round_variants.py, docs/results/even-replay-full-judged/).
+    "guided corpus replay": {"settings": {"finetune_corpus_guided": True}},
     "no tag policy": {"settings": {"tag_policy": False}},
     "spectral-only reward model": {"settings": {"reward_inputs": "spectral"}},
     "embedding-only reward model": {"settings": {"reward_inputs": "embedding"}},
