@@ -47,6 +47,10 @@ stars, tags followed 0.529), stars [se] and tags followed [se], candidate - base
 
 The guided replay's loss repeats over seeds (-0.09, -0.14) and the even replay's nearly-nil
 one too (-0.016 twice); no guide beats the even replay beyond the scatter between seeds.
+On a quick `--outside-style` run's data (the singing community; 66 items, 6 uploads;
+`--outside-style --variants round even`, 6.1 min alone): round -0.197 [0.069], tags
++0.001; even **+0.120** [0.049], tags +0.017. (The benches set `corpus_guided` themselves:
+since 2026-12-07 the round's default is the even draw.)
 """
 
 from __future__ import annotations
