@@ -31,40 +31,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import torch
+from rated_round import sim_guild
 
 from bot.core.config import Settings
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
-from bot.core.store import Store, TrackFeedback, UploadRow
 from bot.experiment.ear import EarCommunity, load_ear
 from model.finetune import load_audio, load_listener, reward_rows
-from model.reward_model import ALPHAS, RewardModel, _folds, _held_out_corr, _ridge
+from model.reward_model import (
+    ALPHAS,
+    RewardModel,
+    _folds,
+    _held_out_corr,
+    held_out_predictions,
+)
 
 FOLDS = 5
-
-
-async def guild_data(db: Path) -> tuple[list[TrackFeedback], list[UploadRow], list[float]]:
-    guild = sqlite3.connect(db).execute("SELECT guild_id FROM tracks LIMIT 1").fetchone()[0]
-    store = await Store.open(db)
-    try:
-        rounds = sorted(r.started_at for r in await store.rounds(guild))
-        return await store.track_feedback(guild), await store.uploads(guild), rounds
-    finally:
-        await store.close()
-
-
-def held_out(z: np.ndarray, y: np.ndarray, alpha: float, fold: np.ndarray) -> np.ndarray:
-    pred = np.zeros(len(y))
-    for k in range(FOLDS):
-        test = fold == k
-        w, _ = _ridge(z[~test], y[~test], alpha)
-        pred[test] = np.hstack([z[test], np.ones((int(test.sum()), 1))]) @ w
-    return pred
 
 
 def block_r(x: np.ndarray, y: np.ndarray, fold: np.ndarray) -> float:
@@ -80,7 +66,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     s = Settings(_env_file=None)
-    feedback, uploads, starts = asyncio.run(guild_data(a.data_dir / "crowdtune.sqlite3"))
+    feedback, uploads, starts = asyncio.run(sim_guild(a.data_dir / "crowdtune.sqlite3"))
     listener = load_listener(str(a.data_dir / "models" / "tagger"))
     community = EarCommunity(load_ear(a.cache_dir), seed=0)
     sr = listener.codec.config.sample_rate
@@ -93,7 +79,8 @@ def main() -> None:
         g = np.asarray(groups)
         model = RewardModel.fit(heard, y, groups=groups)
         fold = _folds(g, FOLDS)
-        pred = held_out((heard.rows("both") - model.mu) / model.sd, y, model.alpha, fold)
+        pred = held_out_predictions((heard.rows("both") - model.mu) / model.sd, y, model.alpha,
+                                    fold, FOLDS)
         tracks = [i for i in np.unique(g) if data.rated[i].path not in upload_files]
         truth = np.array([community.score(community.hear(load_audio(data.rated[i].path, sr)))
                           for i in tracks])

@@ -59,20 +59,18 @@ import argparse
 import asyncio
 import random
 import shutil
-import sqlite3
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from rated_round import clips, tags_followed
+from rated_round import clips, sim_guild, tags_followed
 
 import model.finetune as ft
 from bot.core.config import Settings
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
-from bot.core.store import Store, TrackFeedback, UploadRow
 from bot.core.tag_policy import TagPolicy
 from bot.experiment.ear import EarCommunity, load_ear, load_style_nearness
 from model.contracts import FinetuneSpec
@@ -82,15 +80,6 @@ from model.tags import VOCAB
 from model.train import install_shipped_base
 
 JUDGE_SEED = 7_900_000  # as the simulation's judge
-
-
-async def guild_data(db: Path) -> tuple[list[TrackFeedback], list[UploadRow]]:
-    guild = sqlite3.connect(db).execute("SELECT guild_id FROM tracks LIMIT 1").fetchone()[0]
-    store = await Store.open(db)
-    try:
-        return await store.track_feedback(guild), await store.uploads(guild)
-    finally:
-        await store.close()
 
 
 def main() -> None:
@@ -113,7 +102,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     s = Settings(_env_file=None)
-    feedback, uploads = asyncio.run(guild_data(a.data_dir / "crowdtune.sqlite3"))
+    feedback, uploads, _ = asyncio.run(sim_guild(a.data_dir / "crowdtune.sqlite3"))
     policy = TagPolicy.for_guild(feedback, s, [u.tags for u in uploads if u.tags])
     data = build_training_set(feedback, uploads, s, RewardSettings(**s.reward), feedback, [])
     served = [policy.serve(random.Random(JUDGE_SEED + i)) for i in range(a.clips)]

@@ -1,11 +1,13 @@
-"""What the one-round benches (bench_lora.py, bench_replay_guide.py, bench_guidance.py)
-share: clips from a pipeline; base clips rated by the simulated community with its own ear
-into the reward model's data, their rewards from the bot's own code; and tags drawn as a
-learnt tag policy would serve that community."""
+"""What the one-round benches (bench_lora.py, bench_replay_guide.py, bench_guidance.py) and
+the benches over a finished simulation (bench_round_variants.py, bench_reward_rounds.py)
+share: clips from a pipeline; a finished simulation's guild data; base clips rated by the
+simulated community with its own ear into the reward model's data, their rewards from the
+bot's own code; and tags drawn as a learnt tag policy would serve that community."""
 
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 
 from bot.core.rewards import DEFAULT_SETTINGS, Vote, track_rewards
+from bot.core.store import Store, TrackFeedback, UploadRow
 from bot.experiment.ear import VALUES, Ear, EarCommunity, Hearing
 from model.contracts import RatedFile
 from model.files import write_wav
@@ -20,6 +23,18 @@ from model.pipeline import CrowdtunePipeline
 from model.tags import GUIDANCE, VOCAB, Tags, uniform
 
 FAVOURITE_SHARE = 0.8
+
+
+async def sim_guild(db: Path) -> tuple[list[TrackFeedback], list[UploadRow], list[float]]:
+    """A finished simulation's one guild, from its database: every track with its feedback,
+    the uploads, and when each round started."""
+    guild = sqlite3.connect(db).execute("SELECT guild_id FROM tracks LIMIT 1").fetchone()[0]
+    store = await Store.open(db)
+    try:
+        rounds = sorted(r.started_at for r in await store.rounds(guild))
+        return await store.track_feedback(guild), await store.uploads(guild), rounds
+    finally:
+        await store.close()
 
 
 def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int,

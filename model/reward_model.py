@@ -140,13 +140,20 @@ def _folds(groups: np.ndarray, folds: int) -> np.ndarray:
     return np.array([fold_of[i] for i in groups])
 
 
-def _held_out_corr(z: np.ndarray, y: np.ndarray, alpha: float, fold: np.ndarray,
-                   folds: int) -> float:
+def held_out_predictions(z: np.ndarray, y: np.ndarray, alpha: float, fold: np.ndarray,
+                         folds: int) -> np.ndarray:
+    """Each row predicted by the ridge fitted on the other folds."""
     pred = np.zeros(len(y))
     for k in range(folds):
         test = fold == k
         w, _ = _ridge(z[~test], y[~test], alpha)
         pred[test] = np.hstack([z[test], np.ones((int(test.sum()), 1))]) @ w
+    return pred
+
+
+def _held_out_corr(z: np.ndarray, y: np.ndarray, alpha: float, fold: np.ndarray,
+                   folds: int) -> float:
+    pred = held_out_predictions(z, y, alpha, fold, folds)
     return float(np.corrcoef(pred, y)[0, 1]) if np.std(pred) > 0 else 0.0
 
 
