@@ -210,7 +210,8 @@ class PlacedEvent(ChildEvent):
 
 @dataclass(frozen=True)
 class Guide:
-    """Whether the replay was guided by the guild's reward model, and how well it predicts."""
+    """Whether the guild's reward model was trusted to guide the replay (the library's songs
+    always; the starter corpus only with `FinetuneSpec.corpus_guided`), and its held-out r."""
 
     guided: bool = False
     reward_model_corr: float | None = None  # held-out r; None when there was none to fit
@@ -218,7 +219,7 @@ class Guide:
 
 @dataclass(frozen=True, kw_only=True)
 class DataEvent(Guide, ChildEvent):
-    """Fine-tuning read its data and is about to train (and whether the replay is guided)."""
+    """Fine-tuning read its data and is about to train (and whether its reward model guides)."""
 
     EVENT: ClassVar[str] = "data"
     windows: int
