@@ -22,9 +22,10 @@ shares; the replay is the guild's uploads, then the operator's library, then the
   forgetting. Why even by default: judged by the simulated communities' own ears, the
   guided draw made every candidate worse (default community, full size: -0.06 to -0.24
   stars a round against -0.08 to +0.02 even; the singing community's last quick round:
-  -0.20 against +0.12; bench/bench_round_variants.py, docs/results/
-  even-replay-full-judged/). A reward model that predicts nothing (held-out r below
-  `guide_min_corr`) leaves both replays even;
+  -0.20 against +0.12; at full size even, two of its five candidates were better and one
+  was promoted, none guided; bench/bench_round_variants.py, docs/results/
+  even-replay-full-judged/, outside-style-even-replay-full/). A reward model that
+  predicts nothing (held-out r below `guide_min_corr`) leaves both replays even;
 - the best-rated generated tracks (`track_share`, 0 by default), reward-weighted. Measured
   from the shipped base (one round, 48 paired clips): training on them cost -0.19 stars
   alone, and a third of the batch cut guided replay's +0.46 to +0.05: the model's own
