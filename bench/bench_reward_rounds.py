@@ -1,11 +1,13 @@
 """What limits the reward model round by round: a finished simulation's data refitted.
 
     python bench/bench_reward_rounds.py SIM_DATA_DIR [--rounds 3] [--cache-dir data/cache]
+        [--outside-style | --factions]
 
-SIM_DATA_DIR is the data folder a `crowdtune simulate` run left (the default community,
-seed 0). Per round, the reward model's data as that round built it (the tracks posted
-before it, with their rewards, and the uploads) is read through the run's tagger and
-refitted (model/reward_model.py), and printed:
+SIM_DATA_DIR is the data folder a `crowdtune simulate` run left (seed 0; the default
+community, or the one `--outside-style` or `--factions` names, as the run's). Per round,
+the reward model's data as that round built it (the tracks posted before it, with their
+rewards, and the uploads) is read through the run's tagger and refitted
+(model/reward_model.py), and printed:
 - held-out r: what the round reported (grouped 5-fold, uploads included);
 - ceiling: how well the tracks' rewards (noisy votes and listening) correlate with the
   community's noise-free expected stars of the same tracks;
@@ -25,6 +27,11 @@ is the members' liking of the ear's tag beliefs (r 0.97 at round 2; the quality 
 varies among generated tracks); the best of 192 block weightings reached held-out r 0.570
 at round 2, an RBF kernel ridge on tags and spectral 0.588: within the scatter between runs
 (0.56 here, 0.60 in `default-full-heard-uploads/`).
+Measured 2026-12-08 on `docs/results/factions-full-keyed/`'s run (`--factions`): held-out r
+0.523 / 0.529 / 0.596 at rounds 1-3, r to the truth 0.591 / 0.585 / 0.684; on
+`docs/results/outside-style-even-replay-full/`'s (`--outside-style`): 0.629 / 0.761 /
+0.776, r to the truth 0.704 / 0.749 / 0.781 (tracks only: the singing members' uploads do
+not inflate it).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from rated_round import sim_guild
 from bot.core.config import Settings
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
-from bot.experiment.ear import EarCommunity, load_ear
+from bot.experiment.ear import EarCommunity, load_ear, load_style_nearness
 from model.finetune import load_audio, load_listener, reward_rows
 from model.reward_model import (
     ALPHAS,
@@ -63,12 +70,19 @@ def main() -> None:
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
+    who = ap.add_mutually_exclusive_group()
+    who.add_argument("--outside-style", action="store_true",
+                     help="the truth as the singing community hears it")
+    who.add_argument("--factions", action="store_true",
+                     help="the truth as the two-faction community hears it")
     a = ap.parse_args()
     torch.set_num_threads(2)
     s = Settings(_env_file=None)
     feedback, uploads, starts = asyncio.run(sim_guild(a.data_dir / "crowdtune.sqlite3"))
     listener = load_listener(str(a.data_dir / "models" / "tagger"))
-    community = EarCommunity(load_ear(a.cache_dir), seed=0)
+    ear = load_ear(a.cache_dir)
+    community = EarCommunity(ear, seed=0, factions=a.factions, outside=load_style_nearness(
+        ear, a.cache_dir) if a.outside_style else None)
     sr = listener.codec.config.sample_rate
     upload_files = {u.file for u in uploads}
     for k, start in enumerate(starts[: a.rounds], 1):
