@@ -1,7 +1,7 @@
 """What limits the reward model round by round: a finished simulation's data refitted.
 
     python bench/bench_reward_rounds.py SIM_DATA_DIR [--rounds 3] [--cache-dir data/cache]
-        [--outside-style | --factions]
+        [--outside-style] [--factions]
 
 SIM_DATA_DIR is the data folder a `crowdtune simulate` run left (seed 0; the default
 community, or the one `--outside-style` or `--factions` names, as the run's). Per round,
@@ -42,12 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rated_round import sim_guild
+from rated_round import add_community_flags, sim_community, sim_guild
 
 from bot.core.config import Settings
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
-from bot.experiment.ear import EarCommunity, load_ear, load_style_nearness
 from model.finetune import load_audio, load_listener, reward_rows
 from model.reward_model import (
     ALPHAS,
@@ -70,19 +69,13 @@ def main() -> None:
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
-    who = ap.add_mutually_exclusive_group()
-    who.add_argument("--outside-style", action="store_true",
-                     help="the truth as the singing community hears it")
-    who.add_argument("--factions", action="store_true",
-                     help="the truth as the two-faction community hears it")
+    add_community_flags(ap)
     a = ap.parse_args()
     torch.set_num_threads(2)
     s = Settings(_env_file=None)
     feedback, uploads, starts = asyncio.run(sim_guild(a.data_dir / "crowdtune.sqlite3"))
     listener = load_listener(str(a.data_dir / "models" / "tagger"))
-    ear = load_ear(a.cache_dir)
-    community = EarCommunity(ear, seed=0, factions=a.factions, outside=load_style_nearness(
-        ear, a.cache_dir) if a.outside_style else None)
+    community = sim_community(a, a.cache_dir)
     sr = listener.codec.config.sample_rate
     upload_files = {u.file for u in uploads}
     for k, start in enumerate(starts[: a.rounds], 1):

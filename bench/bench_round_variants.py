@@ -3,7 +3,7 @@ simulated community against the base.
 
     python bench/bench_round_variants.py SIM_DATA_DIR [--clips 48] [--steps 300]
         [--variants round no-uploads even policy within balanced clear] [--seed 5]
-        [--lr LR] [--dropouts FIELD ALL] [--outside-style | --factions]
+        [--lr LR] [--dropouts FIELD ALL] [--outside-style] [--factions]
 
 SIM_DATA_DIR is the data folder a `crowdtune simulate` run left (e.g.
 out/simulation/work/main/data; seed 0; the default community, or the one `--outside-style` or
@@ -65,14 +65,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rated_round import clips, sim_guild, tags_followed
+from rated_round import add_community_flags, clips, sim_community, sim_guild, tags_followed
 
 import model.finetune as ft
 from bot.core.config import Settings
 from bot.core.rewards import RewardSettings
 from bot.core.rounds import build_training_set
 from bot.core.tag_policy import TagPolicy
-from bot.experiment.ear import EarCommunity, load_ear, load_style_nearness
 from model.contracts import FinetuneSpec
 from model.pipeline import CrowdtunePipeline
 from model.registry import ModelRegistry
@@ -94,10 +93,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="the LoRA's LR (default: the round's)")
     ap.add_argument("--dropouts", type=float, nargs=2, default=None, metavar=("FIELD", "ALL"),
                     help="the fine-tune's tag dropout (default: the round's)")
-    ap.add_argument("--outside-style", action="store_true",
-                    help="judge as the singing community (a `--outside-style` run's data)")
-    ap.add_argument("--factions", action="store_true",
-                    help="judge as the two-faction community (a `--factions` run's data)")
+    add_community_flags(ap)
     ap.add_argument("--cache-dir", type=Path, default=Path("data/cache"))
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -106,9 +102,7 @@ def main() -> None:
     policy = TagPolicy.for_guild(feedback, s, [u.tags for u in uploads if u.tags])
     data = build_training_set(feedback, uploads, s, RewardSettings(**s.reward), feedback, [])
     served = [policy.serve(random.Random(JUDGE_SEED + i)) for i in range(a.clips)]
-    ear = load_ear(a.cache_dir)
-    community = EarCommunity(ear, seed=0, factions=a.factions, outside=load_style_nearness(
-        ear, a.cache_dir) if a.outside_style else None)
+    community = sim_community(a, a.cache_dir)
     asked = [t for t, _ in served]
 
     def judged(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -6,9 +6,11 @@ bot's own code; and tags drawn as a learnt tag policy would serve that community
 
 from __future__ import annotations
 
+import argparse
 import random
 import sqlite3
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,14 @@ import torch
 
 from bot.core.rewards import DEFAULT_SETTINGS, Vote, track_rewards
 from bot.core.store import Store, TrackFeedback, UploadRow
-from bot.experiment.ear import VALUES, Ear, EarCommunity, Hearing
+from bot.experiment.ear import (
+    VALUES,
+    Ear,
+    EarCommunity,
+    Hearing,
+    load_ear,
+    load_style_nearness,
+)
 from model.contracts import RatedFile
 from model.files import write_wav
 from model.pipeline import CrowdtunePipeline
@@ -28,13 +37,29 @@ FAVOURITE_SHARE = 0.8
 async def sim_guild(db: Path) -> tuple[list[TrackFeedback], list[UploadRow], list[float]]:
     """A finished simulation's one guild, from its database: every track with its feedback,
     the uploads, and when each round started."""
-    guild = sqlite3.connect(db).execute("SELECT guild_id FROM tracks LIMIT 1").fetchone()[0]
+    with closing(sqlite3.connect(db)) as con:
+        guild = con.execute("SELECT guild_id FROM tracks LIMIT 1").fetchone()[0]
     store = await Store.open(db)
     try:
         rounds = sorted(r.started_at for r in await store.rounds(guild))
         return await store.track_feedback(guild), await store.uploads(guild), rounds
     finally:
         await store.close()
+
+
+def add_community_flags(ap: argparse.ArgumentParser) -> None:
+    """`--outside-style` / `--factions`: the finished simulation's community, as its run."""
+    ap.add_argument("--outside-style", action="store_true",
+                    help="the singing community (a `--outside-style` run's data)")
+    ap.add_argument("--factions", action="store_true",
+                    help="the two-faction community (a `--factions` run's data)")
+
+
+def sim_community(a: argparse.Namespace, cache_dir: Path) -> EarCommunity:
+    """The community `add_community_flags` named (seed 0, as the simulation's)."""
+    ear = load_ear(cache_dir)
+    return EarCommunity(ear, seed=0, factions=a.factions, outside=load_style_nearness(
+        ear, cache_dir) if a.outside_style else None)
 
 
 def clips(pipe: CrowdtunePipeline, tags: list[Tags], seed: int,
